@@ -1,0 +1,152 @@
+"""Dressed-VQC actor and critic (paper Fig. 1, Sec. V) and their classical twin.
+
+Each network is ``Linear(obs_dim -> n_qubits) -> tanh -> core -> tanh -> Linear(n_qubits -> out)``
+where ``core`` is the VQC (quantum model) or ``Linear(n_qubits -> n_qubits)`` (classical twin).
+The tanh after the first layer and after the core follow the closest public QA3C code; the
+twin uses the same tanh after its 8x8 layer so that the two models differ only in the core.
+
+Actor and critic are separate networks with separate VQCs (96 quantum parameters in all).
+All parameters of an :class:`ActorCritic` live in one flat float64 buffer (``flat``) with a
+matching flat gradient buffer (``flat_grad``): pushing gradients and pulling parameters are
+then one tensor copy each, and the shared Adam is a handful of vector ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MODEL_KINDS = ("quantum", "classical")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to build an actor-critic pair."""
+
+    obs_dim: int
+    n_actions: int
+    model: str = "quantum"
+    n_qubits: int = 8
+    n_layers: int = 2
+    entangler: str = "double_ring"
+    backend: str = "statevector"
+
+
+class Dressed(nn.Module):
+    """``Linear -> tanh -> core -> tanh -> Linear``; ``core`` maps [B, n_qubits] to [B, n_qubits]."""
+
+    def __init__(self, obs_dim: int, out_dim: int, core: nn.Module, n_qubits: int):
+        super().__init__()
+        self.pre = nn.Linear(obs_dim, n_qubits, dtype=torch.float64)
+        self.core = core
+        self.post = nn.Linear(n_qubits, out_dim, dtype=torch.float64)
+        for lin in (self.pre, self.post):
+            nn.init.normal_(lin.weight, 0.0, 0.1)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.post(torch.tanh(self.core(torch.tanh(self.pre(obs)))))
+
+
+def classical_core(n_qubits: int) -> nn.Module:
+    lin = nn.Linear(n_qubits, n_qubits, dtype=torch.float64)
+    nn.init.normal_(lin.weight, 0.0, 0.1)
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
+class ActorCritic(nn.Module):
+    """Separate actor (logits over actions) and critic (state value) networks."""
+
+    def __init__(self, spec: ModelSpec, core_factory=None):
+        super().__init__()
+        if spec.model not in MODEL_KINDS:
+            raise ValueError(
+                f"unknown model {spec.model!r}; choose one of {', '.join(MODEL_KINDS)}"
+            )
+        self.spec = spec
+        if core_factory is None:
+            core_factory = default_core_factory(spec)
+        self.actor = Dressed(spec.obs_dim, spec.n_actions, core_factory(), spec.n_qubits)
+        self.critic = Dressed(spec.obs_dim, 1, core_factory(), spec.n_qubits)
+        self.flat, self.flat_grad = flatten_parameters(self)
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """Action logits, [B, n_actions]."""
+        return self.actor(obs)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """State values, [B]."""
+        return self.critic(obs).squeeze(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        """Sample an action from pi(.|obs) for a single observation."""
+        probs = torch.softmax(self.actor(obs[None]), dim=-1)
+        return int(torch.multinomial(probs[0], 1, generator=generator))
+
+    @torch.no_grad()
+    def greedy(self, obs: torch.Tensor) -> int:
+        """The most probable action for a single observation."""
+        return int(self.actor(obs[None]).argmax(-1))
+
+
+def default_core_factory(spec: ModelSpec):
+    """A factory of VQC cores for ``spec``: the classical twin or the backend's quantum layer."""
+    if spec.model == "classical":
+        return lambda: classical_core(spec.n_qubits)
+    from .backends import quantum_layer_factory
+
+    return quantum_layer_factory(spec)
+
+
+def flatten_parameters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move every parameter of ``module`` into one flat buffer; return (flat, flat_grad).
+
+    Each parameter's ``.data`` becomes a view of ``flat`` and its ``.grad`` a view of
+    ``flat_grad``; autograd accumulates into existing ``.grad`` tensors in place, so after
+    ``flat_grad.zero_(); loss.backward()`` the whole gradient is in ``flat_grad``.
+    """
+    params = list(module.parameters())
+    n = sum(p.numel() for p in params)
+    flat = torch.zeros(n, dtype=torch.float64)
+    flat_grad = torch.zeros(n, dtype=torch.float64)
+    offset = 0
+    for p in params:
+        k = p.numel()
+        flat[offset : offset + k].copy_(p.data.reshape(-1))
+        p.data = flat[offset : offset + k].view_as(p)
+        p.grad = flat_grad[offset : offset + k].view_as(p)
+        offset += k
+    return flat, flat_grad
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    """{"classical": n, "quantum": n, "total": n}; quantum = the weights of VQC cores."""
+    quantum = sum(
+        p.numel()
+        for name, p in module.named_parameters()
+        if ".core." in f".{name}" and getattr(p, "is_quantum", False)
+    )
+    total = sum(p.numel() for p in module.parameters())
+    return {"classical": total - quantum, "quantum": quantum, "total": total}
+
+
+def parameter_table(env_specs: dict[str, tuple[int, int]], **kw) -> list[dict]:
+    """Table I rows: per env, QA3C classical/quantum/total and the classical twin's total."""
+    rows = []
+    for env_id, (obs_dim, n_actions) in env_specs.items():
+        q = count_parameters(ActorCritic(ModelSpec(obs_dim, n_actions, "quantum", **kw)))
+        c = count_parameters(ActorCritic(ModelSpec(obs_dim, n_actions, "classical", **kw)))
+        rows.append(
+            {
+                "env": env_id,
+                "classical": q["classical"],
+                "quantum": q["quantum"],
+                "qa3c_total": q["total"],
+                "classical_total": c["total"],
+            }
+        )
+    return rows
