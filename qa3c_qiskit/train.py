@@ -130,19 +130,20 @@ def train(cfg: TrainConfig, show_table: bool = True) -> Path:
         },
     )
 
-    from .runners.local import LocalRunner
+    from .runners import make_runner
 
-    runner = LocalRunner(
-        global_model.flat,
-        spec,
-        cfg.env,
-        settings_of(cfg),
-        cfg.workers,
-        cfg.seed,
-        cfg.episodes,
-        cfg.lr,
-        (cfg.beta1, cfg.beta2),
-        cfg.adam_eps,
+    runner = make_runner(
+        cfg.runner,
+        flat=global_model.flat,
+        spec=spec,
+        env_id=cfg.env,
+        settings=settings_of(cfg),
+        workers=cfg.workers,
+        seed=cfg.seed,
+        budget=cfg.episodes,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.adam_eps,
     )
     writer = MetricsWriter(run_dir / "metrics.csv")
     t0 = time.time()
