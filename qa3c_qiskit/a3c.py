@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .engine import limit_blas_threads
 from .envs import env_info, make_env
 from .models import ActorCritic, ModelSpec
 
@@ -98,6 +99,7 @@ def seed_everything(seed: int) -> torch.Generator:
 def run_worker(rank: int, seed: int, env_id: str, spec: ModelSpec, settings: A3CSettings, hub):
     """Algorithm 1 for one actor-learner until the global episode budget is used up."""
     torch.set_num_threads(1)
+    limit_blas_threads(1)  # numpy's BLAS too (the statevector engine's fast path)
     gen = seed_everything(seed)
     env = make_env(env_id)
     n_actions = env_info(env_id).n_actions if env_id.startswith("MiniGrid-") else None

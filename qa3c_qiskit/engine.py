@@ -1,21 +1,35 @@
-"""Exact PyTorch statevector engine compiled from a Qiskit ``QuantumCircuit``.
+"""Exact statevector engine compiled from a Qiskit ``QuantumCircuit``, differentiable in torch.
 
 The engine reads the circuit's instructions once and compiles them into a short list of
-batched torch stages, so that the gradient comes from autograd and a forward pass costs a few
-dozen torch ops instead of one op per gate:
+batched stages:
 
-* runs of single-qubit gates become one **local layer**: a 2x2 matrix per qubit (fused at
-  compile time where constant), applied to the state viewed as a ``2^hi x 2^lo`` matrix from
-  both sides (``U_hi @ S @ U_lo^T``); the first layer, acting on ``|0...0>``, builds a product
-  state directly;
+* runs of single-qubit gates become one **local layer**: a 2x2 matrix per qubit, applied to the
+  state viewed as a ``2^hi x 2^lo`` matrix from both sides (``U_hi @ S @ U_lo^T``); the first
+  layer, acting on ``|0...0>``, builds a product state directly;
 * fixed gates whose matrix is a permutation with phases (CNOT, CZ, SWAP, CCX, ...) become one
-  **monomial** stage (a gather and an optional phase); consecutive ones are composed;
+  **monomial** stage (a gather and an optional phase); consecutive ones are composed, so a
+  CNOT ring is one fixed permutation;
 * other multi-qubit gates become a **dense** stage (a ``2^k x 2^k`` matrix on k qubits);
 * parameter expressions (``arctan(x)``, ``arctan(x**2)``, ...) are grouped by their symbolic
-  shape and evaluated with one torch call per group.
+  shape and evaluated with one call per group.
 
 Conventions follow Qiskit: qubit 0 is the least significant bit of a basis index.
 Amplitudes are complex128, so results agree with ``qiskit.quantum_info.Statevector`` to ~1e-12.
+
+Two executors share this compiled program:
+
+* :meth:`CircuitEngine.reference` runs the stages as plain torch ops differentiated by autograd
+  (a few hundred small torch ops per call): simple, and the reference the tests hold the fast
+  path to (1e-10, on the paper's circuit and on random circuits);
+* ``CircuitEngine.__call__`` (the default) runs the same stages in numpy inside one
+  ``torch.autograd.Function`` whose backward is the **adjoint method**: the state after every
+  stage is kept, the adjoint ``g`` (dL = Re sum conj(g) dpsi) is propagated back through each
+  unitary stage, and every gate angle's gradient is ``Re sum(conj(r) * D)`` with ``r`` the
+  2x2 reduced operator ``Tr_other(g psi^dagger)`` of its qubit(s) and ``D = (dG/dangle) G^dagger``
+  the gate's generator (``-i/2 P`` for a Pauli rotation), carried to the layer's output;
+  angle-expression derivatives come from sympy. Layers whose angles depend on the weights only
+  are evaluated once per weight vector (batch size 1) and cached, since a worker's weights
+  change only at a pull (every S steps); layers of equal structure are evaluated together.
 """
 
 from __future__ import annotations
@@ -270,6 +284,7 @@ class CircuitEngine:
         self.stages = self._compile(circuit, exprs)
         self.angles = _compile_angles(exprs, param_index)
         self.readout = _diagonal_readout(observables, self.n)
+        self.fast = _FastProgram(self, exprs, param_index)
 
     # -- compilation ---------------------------------------------------------------------------
     def _compile(self, circuit: QuantumCircuit, exprs: list) -> list:
@@ -343,14 +358,30 @@ class CircuitEngine:
         return _Dense(qubits, matrix=torch.tensor(mat, dtype=CDTYPE)[None])
 
     # -- execution -----------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _check(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if x.dim() == 1:
             x = x[None]
-        if x.shape[-1] != self.num_inputs or w.shape[-1] != self.num_weights:
+        if x.dim() != 2 or x.shape[-1] != self.num_inputs or w.shape != (self.num_weights,):
             raise ValueError(
                 f"expected inputs [B, {self.num_inputs}] and weights [{self.num_weights}], "
                 f"got {tuple(x.shape)} and {tuple(w.shape)}"
             )
+        return x
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """<observables> for inputs ``x`` [B, n_in] and weights ``w`` [n_w]: [B, n_obs] float64.
+
+        Fast path: numpy forward and adjoint backward in one autograd function.
+        """
+        x = self._check(x, w)
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+            return _AdjointFunction.apply(x, w, self.fast)
+        out, _ = self.fast.forward(_np64(x), _np64(w), keep=False)
+        return torch.from_numpy(out)
+
+    def reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The same as ``engine(x, w)``, executed as plain torch ops differentiated by autograd."""
+        x = self._check(x, w)
         batch = x.shape[0]
         theta = torch.cat([x.to(RDTYPE), w.to(RDTYPE).expand(batch, -1)], dim=1)
         angles = self.angles(theta) if self.angles.n_slots else theta[:, :0]
@@ -529,3 +560,540 @@ def _diagonal_readout(observables, n: int) -> torch.Tensor:
             col += complex(coeff).real * sign
         cols.append(col)
     return torch.tensor(np.stack(cols, axis=1), dtype=RDTYPE)
+
+
+# --------------------------------------------------------------------------------------------
+# Fast path: numpy forward, adjoint backward
+# --------------------------------------------------------------------------------------------
+# Gate matrices with their angle *generators*, vectorised over angle arrays of any shape S:
+# fn(*angles[S], derivs) -> (matrix M [*S, d, d], [D_a = (dM / d angle_a) M^dagger, one per angle,
+# each broadcastable to [*S, d, d]] or None if not derivs). With the reduced operator
+# r = Tr_other(g psi^dagger) right after the gate, dL/d angle_a = Re sum(conj(r) * D_a).
+_I2 = np.eye(2, dtype=complex)
+_X = np.array([[0, 1], [1, 0]], dtype=complex)
+_Y = np.array([[0, -1j], [1j, 0]])
+_Z = np.diag([1.0, -1.0]).astype(complex)
+
+
+def _np_pauli_rotation(gen: np.ndarray):
+    """exp(-i t/2 P) = cos(t/2) I - i sin(t/2) P, whose generator is the constant -i/2 P."""
+    eye = np.eye(gen.shape[0], dtype=complex)
+    m_gen, d_gen = -1j * gen, [-0.5j * gen]
+
+    def fn(t, derivs=True):
+        c, s = np.cos(t / 2)[..., None, None], np.sin(t / 2)[..., None, None]
+        return c * eye + s * m_gen, d_gen
+
+    return fn
+
+
+_P_GEN = [np.diag([0.0, 1.0j])]
+
+
+def _np_p(t, derivs=True):
+    m = np.zeros(t.shape + (2, 2), dtype=complex)
+    m[..., 0, 0] = 1
+    m[..., 1, 1] = np.exp(1j * t)
+    return m, _P_GEN
+
+
+def _np_u(theta, phi, lam, derivs=True):
+    c, s = np.cos(theta / 2), np.sin(theta / 2)
+    ep, el, epl = np.exp(1j * phi), np.exp(1j * lam), np.exp(1j * (phi + lam))
+    m = np.stack([c, -el * s, ep * s, epl * c], -1).reshape(theta.shape + (2, 2))
+    if not derivs:
+        return m, None
+    dt = 0.5 * np.stack([-s, -el * c, ep * c, -epl * s], -1).reshape(m.shape)
+    z = np.zeros_like(c)
+    dp = np.stack([z, z, 1j * ep * s, 1j * epl * c], -1).reshape(m.shape)
+    dl = np.stack([z, -1j * el * s, z, 1j * epl * c], -1).reshape(m.shape)
+    mh = m.conj().swapaxes(-1, -2)
+    return m, [dt @ mh, dp @ mh, dl @ mh]
+
+
+def _np_controlled(single):
+    """Controlled gate (control = first qarg = local bit 0) from a single-qubit one."""
+
+    def embed(m, identity):
+        out = np.zeros(m.shape[:-2] + (4, 4), dtype=complex)
+        if identity:
+            out[..., 0, 0] = out[..., 2, 2] = 1
+        out[..., 1::2, 1::2] = m
+        return out
+
+    def fn(*angles, derivs=True):
+        m, ds = single(*angles, derivs=derivs)
+        return embed(m, True), ([embed(d, False) for d in ds] if derivs else None)
+
+    return fn
+
+
+_np_rx = _np_pauli_rotation(_X)
+_np_ry = _np_pauli_rotation(_Y)
+_np_rz = _np_pauli_rotation(_Z)
+
+#: numpy twins of PARAM_GATES (same names, qubit counts and angle counts).
+NP_GATES = {
+    "rx": _np_rx,
+    "ry": _np_ry,
+    "rz": _np_rz,
+    "p": _np_p,
+    "u": _np_u,
+    "rzz": _np_pauli_rotation(np.kron(_Z, _Z)),
+    "rxx": _np_pauli_rotation(np.kron(_X, _X)),
+    "ryy": _np_pauli_rotation(np.kron(_Y, _Y)),
+    "crx": _np_controlled(_np_rx),
+    "cry": _np_controlled(_np_ry),
+    "crz": _np_controlled(_np_rz),
+    "cp": _np_controlled(_np_p),
+}
+
+
+def _mm2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Stacked 2x2 matrix products a @ b; numpy's matmul loops slowly over tiny matrices."""
+    return a[..., :, :1] * b[..., :1, :] + a[..., :, 1:] * b[..., 1:, :]
+
+
+def limit_blas_threads(n: int = 1) -> None:
+    """Limit numpy's BLAS to ``n`` threads for the rest of the process (a worker: 1).
+
+    The fast path makes many tiny BLAS calls; a multi-threaded OpenBLAS may hand some of them
+    to its thread pool, which on a busy machine costs milliseconds per call.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it numpy keeps its default
+        return
+    threadpool_limits(n, user_api="blas")
+
+
+def _np64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(RDTYPE).numpy()
+
+
+class _NpAngles:
+    """Angle slots as numpy functions of theta [B, P], with their partial derivatives."""
+
+    def __init__(self, exprs: list, param_index: dict[str, int], n_params: int):
+        self.n_slots, self.n_params = len(exprs), n_params
+        groups: dict[str, list] = {}
+        self.const_slots, const_vals = [], []
+        for slot, e in enumerate(exprs):
+            if not (isinstance(e, ParameterExpression) and e.parameters):
+                self.const_slots.append(slot)
+                const_vals.append(float(e))
+                continue
+            if isinstance(e, Parameter):
+                key, idx, template, dummies = "identity", [param_index[e.name]], None, None
+            else:
+                sym = e.sympify()
+                free = sorted(sym.free_symbols, key=lambda s: param_index[str(s)])
+                idx = [param_index[str(s)] for s in free]
+                dummies = sympy.symbols(f"_a0:{len(free)}")
+                template = sym.xreplace(dict(zip(free, dummies)))
+                key = sympy.srepr(template)
+            entry = groups.setdefault(key, [template, dummies, [], []])
+            entry[2].append(idx)
+            entry[3].append(slot)
+        self.const_vals = np.array(const_vals)
+        self.groups = []
+        for key, (template, dummies, idx, slots) in groups.items():
+            idx = np.array(idx, dtype=np.int64)  # [m, n_args]
+            if key == "identity":
+                fn, dfns = None, None
+            else:
+                fn = sympy.lambdify(dummies, template, modules="numpy")
+                dfns = [sympy.lambdify(dummies, sympy.diff(template, d), "numpy") for d in dummies]
+            # scatter[k] [m, P]: one-hot rows sending slot gradients to parameter k of each slot
+            scatter = np.zeros((idx.shape[1], len(slots), n_params))
+            for k in range(idx.shape[1]):
+                scatter[k, np.arange(len(slots)), idx[:, k]] = 1.0
+            self.groups.append((fn, dfns, idx, np.array(slots), scatter))
+
+    def forward(self, theta: np.ndarray) -> tuple[np.ndarray, list]:
+        """(angles [B, n_slots], per group the partial derivatives needed by backward)."""
+        b = theta.shape[0]
+        ang = np.empty((b, self.n_slots))
+        if self.const_slots:
+            ang[:, self.const_slots] = self.const_vals
+        partials = []
+        for fn, _, idx, slots, _ in self.groups:
+            if fn is None:
+                ang[:, slots] = theta[:, idx[:, 0]]
+                partials.append(None)
+                continue
+            cols = [theta[:, idx[:, k]] for k in range(idx.shape[1])]
+            ang[:, slots] = fn(*cols)
+            partials.append(cols)
+        return ang, partials
+
+    def backward(self, g_ang: np.ndarray, partials: list) -> np.ndarray:
+        """dL/dtheta [B, P] from dL/dangles [B, n_slots]."""
+        g_theta = np.zeros((g_ang.shape[0], self.n_params))
+        for (fn, dfns, _, slots, scatter), cols in zip(self.groups, partials):
+            g = g_ang[:, slots]
+            if fn is None:
+                g_theta += g @ scatter[0]
+                continue
+            for k, dfn in enumerate(dfns):
+                g_theta += (g * dfn(*cols)) @ scatter[k]  # a derivative may be a constant
+        return g_theta
+
+
+def _trace_map(n_reg: int) -> np.ndarray:
+    """[(2^k)^2, k*4] 0/1 matrix: a k-qubit operator R[h, h'] (flattened) -> its k one-qubit
+    partial traces C_j[a, c] (summing the other qubits' diagonal), qubit j = bit j of h."""
+    d = 2**n_reg
+    t = np.zeros((d * d, max(n_reg, 1) * 4))
+    for h in range(d):
+        for h2 in range(d):
+            for j in range(n_reg):
+                mask = ~(1 << j)
+                if (h & mask) == (h2 & mask):
+                    t[h * d + h2, j * 4 + ((h >> j) & 1) * 2 + ((h2 >> j) & 1)] = 1.0
+    return t.astype(complex)
+
+
+class _FastLocal:
+    """A local layer for the fast path: per-qubit 2x2 matrices, applied as A @ S @ B^T.
+
+    For the backward, each gate angle's generator D (``dG/dangle = D G``) is carried to the
+    layer's output, ``E = S D S^dagger`` with ``S`` the part of the layer after the gate, so
+    that all angle gradients of the layer are one contraction ``Re sum(conj(red[q]) * E)``
+    with the per-qubit reduced operators ``red`` at the layer's output.
+    """
+
+    def __init__(self, st: _LocalLayer, n: int, input_slots: set[int]):
+        self.n, self.lo = n, n // 2
+        self.columns = []  # per column: list of (kind, qubit array | None = all, payload)
+        slots_used = set()
+        for col in st.columns:
+            parts = []
+            full = len(col) == 1 and col[0].qubits == list(range(n))
+            for part in col:
+                qs = None if full else np.array(part.qubits)
+                if part.kind == "fixed":
+                    parts.append(("fixed", qs, part.matrices[0].numpy()))
+                else:
+                    slots = np.array(part.slots, dtype=np.int64)  # [m, n_angles]
+                    slots_used.update(slots.ravel().tolist())
+                    parts.append((part.kind, qs, slots))
+            self.columns.append(parts)
+        self.input_dependent = bool(slots_used & input_slots)
+        # layers with equal signatures differ only in their angle slots (slot_order, position
+        # by position), so weight-only ones can be evaluated together, one row per layer
+        self.signature = tuple(
+            tuple(
+                (kind, None if qs is None else tuple(qs.tolist()))
+                + ((payload.tobytes(),) if kind == "fixed" else (payload.shape,))
+                for kind, qs, payload in parts
+            )
+            for parts in self.columns
+        )
+        self.slot_order = np.array(
+            [s for parts in self.columns for k, _, p in parts if k != "fixed" for s in p.ravel()],
+            dtype=np.int64,
+        )
+        # gradient bookkeeping in the order matrices() builds E: last column first
+        q_all, s_all = [], []
+        for parts in reversed(self.columns):
+            for kind, qs, slots in parts:
+                if kind == "fixed":
+                    continue
+                qubits = list(range(n)) if qs is None else qs.tolist()
+                for a in range(slots.shape[1]):
+                    q_all += qubits
+                    s_all += slots[:, a].tolist()
+        self.q_all = np.array(q_all, dtype=np.int64)
+        self.s_all = np.array(s_all, dtype=np.int64)  # every angle slot once
+        self.has_angles = bool(s_all)
+        k = np.arange(2**n)
+        self.product_index = np.stack([2 * q + ((k >> q) & 1) for q in range(n)])  # [n, 2^n]
+
+    def matrices(self, ang: np.ndarray, derivs: bool = True, product: bool = False) -> dict:
+        """What applying (and differentiating) the layer needs, from angles [b, n_slots]:
+        ``A`` and ``B`` (krons of the hi and lo qubits' matrices) or, for a ``product`` layer
+        on |0...0>, ``vecs`` [b, n, 2] (each qubit's matrix times |0>); if ``derivs``, also
+        ``E`` [b, K, 2, 2] (every angle's generator at the layer output) and for non-product
+        layers ``A_h``, ``B_c`` (A^dagger and conj(B), applied to the adjoint)."""
+        b = ang.shape[0]
+        cols, gens = [], []
+        for parts in self.columns:
+            c, gs = None, []
+            for kind, qs, payload in parts:
+                if kind == "fixed":
+                    m = payload
+                else:
+                    args = [ang[:, payload[:, a]] for a in range(payload.shape[1])]
+                    m, d = NP_GATES[kind](*args, derivs=derivs)
+                    gs.append((qs, d))
+                if qs is None:
+                    c = m  # [n, 2, 2] (fixed) or [b, n, 2, 2]: broadcasting does the rest
+                else:
+                    if c is None:
+                        c = np.broadcast_to(_I2, (b, self.n, 2, 2)).copy()
+                    c[:, qs] = m
+            cols.append(c)
+            gens.append(gs)
+        out = {}
+        if derivs and self.has_angles:
+            e = np.empty((b, len(self.s_all), 2, 2), dtype=complex)
+            k, after = 0, None  # after = the layer's columns after column j, fused
+            for j in range(len(cols) - 1, -1, -1):
+                for qs, ds in gens[j]:
+                    m = self.n if qs is None else len(qs)
+                    for d in ds:
+                        if after is not None:
+                            s = after if qs is None else after[..., qs, :, :]
+                            d = _mm2(_mm2(s, d), s.conj().swapaxes(-1, -2))
+                        e[:, k : k + m] = d
+                        k += m
+                if j and any(gens[:j]):
+                    after = cols[j] if after is None else _mm2(after, cols[j])
+            out["E"] = e
+        if product:  # only M|0>: a chain of 2x2 matrix-vector products
+            v = cols[0][..., 0]
+            for c in cols[1:]:
+                v = c[..., 0] * v[..., :1] + c[..., 1] * v[..., 1:]
+            out["vecs"] = np.broadcast_to(v, (b, self.n, 2))
+            return out
+        fused = cols[0]
+        for c in cols[1:]:
+            fused = _mm2(c, fused)
+        if fused.ndim == 3:  # a layer of constant full columns only
+            fused = np.broadcast_to(fused, (b, self.n, 2, 2))
+        out["A"] = _np_kron(fused, list(range(self.n - 1, self.lo - 1, -1)))
+        lo_q = list(range(self.lo - 1, -1, -1))
+        out["B"] = _np_kron(fused, lo_q) if lo_q else None
+        if derivs:
+            out["A_h"] = out["A"].conj().swapaxes(-1, -2)
+            out["B_c"] = None if out["B"] is None else out["B"].conj()
+        return out
+
+    def apply(self, mats: dict, psi: np.ndarray | None) -> np.ndarray:
+        """The layer applied to ``psi`` [b, 2^n] (None: to |0...0>): [b', 2^n]."""
+        if psi is None:  # product state: psi[k] = prod_q (M_q|0>)[bit q of k]
+            v = mats["vecs"]
+            return v.reshape(v.shape[0], 2 * self.n)[:, self.product_index].prod(axis=1)
+        h, l_ = 2 ** (self.n - self.lo), 2**self.lo
+        s = psi.reshape(psi.shape[0], h, l_)
+        s = mats["A"] @ s
+        if mats["B"] is not None:
+            s = s @ mats["B"].transpose(0, 2, 1)
+        return s.reshape(s.shape[0], h * l_)
+
+
+def _np_kron(mats: np.ndarray, qubits: list[int]) -> np.ndarray:
+    """kron of the [b, 2, 2] matrices of ``qubits`` (first = most significant): [b, d, d]."""
+    out = mats[:, qubits[0]]
+    for q in qubits[1:]:
+        m = mats[:, q]
+        d = out.shape[-1] * 2
+        out = (out[:, :, None, :, None] * m[:, None, :, None, :]).reshape(-1, d, d)
+    return out
+
+
+class _FastProgram:
+    """The compiled stages of a :class:`CircuitEngine`, executed in numpy with an adjoint
+    backward. ``forward`` returns the outputs and a tape; ``backward`` the input/weight grads."""
+
+    def __init__(self, engine: CircuitEngine, exprs: list, param_index: dict[str, int]):
+        self.n, self.dim = engine.n, engine.dim
+        self.n_in, self.n_w = engine.num_inputs, engine.num_weights
+        self.angles = _NpAngles(exprs, param_index, self.n_in + self.n_w)
+        input_slots = {
+            s
+            for fn, dfns, idx, slots, _ in self.angles.groups
+            for s, row in zip(slots.tolist(), idx.tolist())
+            if min(row) < self.n_in
+        }
+        self.stages = []
+        for st in engine.stages:
+            if isinstance(st, _LocalLayer):
+                self.stages.append(_FastLocal(st, self.n, input_slots))
+            elif isinstance(st, _Monomial):
+                inv = torch.argsort(st.index).numpy()
+                ph = None if st.phase is None else st.phase.numpy()
+                self.stages.append(("monomial", st.index.numpy(), inv, ph))
+            else:
+                mat = None if st.matrix is None else st.matrix[0].numpy()
+                slots = None if st.slots is None else np.array(st.slots)
+                dep = slots is not None and bool(set(st.slots) & input_slots)
+                self.stages.append(("dense", st.qubits, mat, st.kind, slots, dep))
+        self.readout = engine.readout.numpy()
+        self.readout2 = np.repeat(self.readout, 2, axis=0)  # rows for (re, im) of each amplitude
+        lo = self.n // 2
+        self.trace_hi, self.trace_lo = _trace_map(self.n - lo), _trace_map(lo)
+        self._cache: dict[bytes, list] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, st in enumerate(self.stages):
+            if isinstance(st, _FastLocal) and not st.input_dependent and i > 0:
+                groups.setdefault(st.signature, []).append(i)
+        # (representative layer, stage indices, [L, K] slots gathered into the rep's slots)
+        self.weight_groups = [
+            (self.stages[idx[0]], idx, np.stack([self.stages[i].slot_order for i in idx]))
+            for idx in groups.values()
+        ]
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _weight_layers(self, w: np.ndarray, ang1: np.ndarray) -> list:
+        """Matrices of the weight-only local layers (batch 1), cached per weight vector."""
+        key = w.tobytes()
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = [None] * len(self.stages)
+            st = self.stages[0] if self.stages else None
+            if isinstance(st, _FastLocal) and not st.input_dependent:
+                hit[0] = st.matrices(ang1, product=True)
+            for rep, idx, gather in self.weight_groups:
+                ang = np.zeros((len(idx), ang1.shape[1]))
+                ang[:, rep.slot_order] = ang1[0, gather]
+                mats = rep.matrices(ang)  # row r = layer idx[r]
+                for r, i in enumerate(idx):
+                    hit[i] = {k: None if v is None else v[r : r + 1] for k, v in mats.items()}
+            if len(self._cache) >= 8:  # a worker alternates actor/critic weights: keep a few
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+    def forward(self, x: np.ndarray, w: np.ndarray, keep: bool):
+        b = x.shape[0]
+        theta = np.empty((b, self.n_in + self.n_w))
+        theta[:, : self.n_in] = x
+        theta[:, self.n_in :] = w
+        ang, partials = self.angles.forward(theta)
+        cached = self._weight_layers(w, ang[:1])
+        psi = None
+        tape = []
+        for st, mats in zip(self.stages, cached):
+            psi_in = psi
+            if isinstance(st, _FastLocal):
+                if mats is None:  # input-dependent: batch B, derivatives only for backward
+                    mats = st.matrices(ang, derivs=keep, product=psi is None)
+                psi = st.apply(mats, psi)
+            else:
+                if psi is None:
+                    psi = np.zeros((1, self.dim), dtype=complex)
+                    psi[0, 0] = 1
+                    psi_in = psi
+                if st[0] == "monomial":
+                    psi = psi[:, st[1]] if st[3] is None else psi[:, st[1]] * st[3]
+                else:
+                    mats = self._dense_matrix(st, ang, keep)
+                    psi = self._apply_dense(st[1], mats[0], psi)
+            if keep:
+                tape.append((psi_in, psi, mats))
+        if psi is None:
+            psi = np.zeros((1, self.dim), dtype=complex)
+            psi[0, 0] = 1
+        out = np.square(np.ascontiguousarray(psi).view(np.float64)) @ self.readout2  # |psi|^2 R
+        if out.shape[0] != b:
+            out = np.broadcast_to(out, (b, out.shape[1])).copy()
+        return out, ((theta, ang, partials, psi, tape) if keep else None)
+
+    def _reduced(self, gm: np.ndarray, sc: np.ndarray, b: int) -> np.ndarray:
+        """Per-qubit 2x2 reduced operators Tr_other(g psi^dagger): [b, n, 2, 2], qubit order.
+
+        ``gm`` and ``sc`` (conj psi) are [B, 2^hi, 2^lo]; ``b == 1`` sums over the batch (a
+        weight-only layer, whose angles are shared by all rows).
+        """
+        h, l_ = gm.shape[1], gm.shape[2]
+        r_hi = gm @ sc.transpose(0, 2, 1)  # [B, h, h], summed over the lo qubits
+        if b == 1 and gm.shape[0] != 1:
+            r_hi = r_hi.sum(0, keepdims=True)
+        parts = [(r_hi.reshape(b, h * h) @ self.trace_hi).reshape(b, -1, 2, 2)]
+        if l_ > 1:
+            r_lo = gm.transpose(0, 2, 1) @ sc  # [B, l, l], summed over the hi qubits
+            if b == 1 and r_lo.shape[0] != 1:
+                r_lo = r_lo.sum(0, keepdims=True)
+            parts.insert(0, (r_lo.reshape(b, l_ * l_) @ self.trace_lo).reshape(b, -1, 2, 2))
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    @staticmethod
+    def _dense_matrix(st, ang, derivs):
+        _, qubits, mat, kind, slots, dep = st
+        if mat is not None:
+            return mat[None], None
+        a = ang if dep else ang[:1]
+        return NP_GATES[kind](*[a[:, s] for s in slots], derivs=derivs)
+
+    def _dense_view(self, qubits: list[int], psi: np.ndarray) -> np.ndarray:
+        """psi [b, 2^n] -> [b, rest, 2^k], the gate's qubits last (most significant first)."""
+        t = psi.reshape([psi.shape[0]] + [2] * self.n)
+        axes = [self.n - q for q in reversed(qubits)]
+        t = np.moveaxis(t, axes, list(range(self.n + 1 - len(qubits), self.n + 1)))
+        return t.reshape(psi.shape[0], -1, 2 ** len(qubits))
+
+    def _dense_unview(self, qubits: list[int], t: np.ndarray) -> np.ndarray:
+        k = len(qubits)
+        axes = [self.n - q for q in reversed(qubits)]
+        t = t.reshape([t.shape[0]] + [2] * self.n)
+        t = np.moveaxis(t, list(range(self.n + 1 - k, self.n + 1)), axes)
+        return t.reshape(t.shape[0], self.dim)
+
+    def _apply_dense(self, qubits, u, psi):
+        return self._dense_unview(qubits, self._dense_view(qubits, psi) @ u.swapaxes(-1, -2))
+
+    # -- backward --------------------------------------------------------------------------------
+    def backward(self, tape, g_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dL/dx [B, n_in], dL/dw [n_w]) from dL/dout [B, n_obs].
+
+        Adjoint convention: ``g`` is the complex gradient with dL = Re(sum conj(g) dpsi).
+        """
+        theta, ang, partials, psi, stages = tape
+        g_ang = np.zeros_like(ang)
+        g = 2 * psi * (g_out @ self.readout.T)  # [B, dim]
+        lo = self.n // 2
+        h, l_ = 2 ** (self.n - lo), 2**lo
+        for i in range(len(self.stages) - 1, -1, -1):
+            st = self.stages[i]
+            psi_in, psi_out, mats = stages[i]
+            if isinstance(st, _FastLocal):
+                gm = g.reshape(-1, h, l_)
+                if st.has_angles:
+                    red = self._reduced(gm, psi_out.reshape(-1, h, l_).conj(), mats["E"].shape[0])
+                    val = (red[:, st.q_all].conj() * mats["E"]).real.sum((-1, -2))  # [b, K]
+                    g_ang[: val.shape[0], st.s_all] += val
+                if psi_in is not None and i > 0:
+                    s = mats["A_h"] @ gm
+                    if mats["B_c"] is not None:
+                        s = s @ mats["B_c"]
+                    g = s.reshape(s.shape[0], self.dim)
+            elif st[0] == "monomial":
+                g = g if st[3] is None else g * st[3].conj()
+                g = g[:, st[2]]
+            else:
+                _, qubits, _, kind, slots, dep = st
+                u = mats[0]
+                if kind is not None:  # reduced operator on the gate's qubits after it
+                    gv = self._dense_view(qubits, g)
+                    pv = self._dense_view(qubits, psi_out)
+                    red = gv.swapaxes(-1, -2) @ pv.conj()  # [b, d, d]
+                    if u.shape[0] == 1 and red.shape[0] != 1:
+                        red = red.sum(0, keepdims=True)
+                    for a, d in enumerate(mats[1]):
+                        val = (red.conj() * d).real.sum((-1, -2))
+                        g_ang[: val.shape[0], slots[a]] += val
+                g = self._apply_dense(qubits, u.conj().swapaxes(-1, -2), g)
+        g_theta = self.angles.backward(g_ang, partials)
+        return g_theta[:, : self.n_in], g_theta[:, self.n_in :].sum(0)
+
+
+class _AdjointFunction(torch.autograd.Function):
+    """engine outputs [B, n_obs] from (x [B, n_in], w [n_w]); backward by the adjoint method."""
+
+    @staticmethod
+    def forward(ctx, x, w, program):
+        out, tape = program.forward(_np64(x), _np64(w), keep=True)
+        ctx.program, ctx.tape = program, tape
+        ctx.dtypes = (x.dtype, w.dtype)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        gx, gw = ctx.program.backward(ctx.tape, _np64(grad))
+        ctx.tape = None
+        gx = torch.from_numpy(gx).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        gw = torch.from_numpy(gw).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return gx, gw, None

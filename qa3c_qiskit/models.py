@@ -32,6 +32,7 @@ class ModelSpec:
     n_layers: int = 2
     entangler: str = "double_ring"
     backend: str = "statevector"
+    shots: int | None = None  # overrides the backend profile's shot count
 
 
 class Dressed(nn.Module):
@@ -91,6 +92,13 @@ class ActorCritic(nn.Module):
     def greedy(self, obs: torch.Tensor) -> int:
         """The most probable action for a single observation."""
         return int(self.actor(obs[None]).argmax(-1))
+
+    def close(self) -> None:
+        """Release the cores' backends (e.g. IBM Runtime sessions); safe to call twice."""
+        for net in (self.actor, self.critic):
+            close = getattr(net.core, "close", None)
+            if close is not None:
+                close()
 
 
 def default_core_factory(spec: ModelSpec):

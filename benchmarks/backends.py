@@ -1,0 +1,208 @@
+"""Backend benchmark: time per action and per A3C update, primitive calls and circuits per
+update, and the error of shot-based <Z_i> against exact values.
+
+    python benchmarks/backends.py                 # all rows (the baseline takes ~1 min)
+    python benchmarks/backends.py --no-baseline --actions 20
+    python benchmarks/backends.py --only aer_noisy --noisy-before   # aer_noisy before/after
+
+Rows: each built-in backend through the registry, plus ``qiskit-ml default`` =
+``TorchConnector(EstimatorQNN)`` with qiskit-machine-learning's default
+``ParamShiftEstimatorGradient`` on exact Aer (the path this package replaces). The model is the
+paper's CartPole actor-critic (8 qubits, 2 layers); an update is one 5-step segment: critic on
+6 states, actor on 5, backward through both. Calls / PUBs / circuits are summed over actor and
+critic (circuits = parameter sets executed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from qa3c_qiskit import backends
+from qa3c_qiskit.a3c import A3CSettings, a3c_loss, local_gradient
+from qa3c_qiskit.backends import StatevectorLayer, quantum_layer_factory
+from qa3c_qiskit.models import ActorCritic, ModelSpec
+from qa3c_qiskit.qiskit_layer import CountingEstimator, QiskitLayer, _Built
+
+
+class DefaultGradientLayer(QiskitLayer):
+    """qiskit-machine-learning's defaults: EstimatorQNN + ParamShiftEstimatorGradient, exact Aer."""
+
+    def __init__(self):
+        super().__init__(make_execution=None)
+
+    @property
+    def built(self):
+        if self._built is None:
+            from qiskit_aer.primitives import EstimatorV2
+            from qiskit_machine_learning.connectors import TorchConnector
+            from qiskit_machine_learning.neural_networks import EstimatorQNN
+
+            from qa3c_qiskit.circuit import build_vqc
+
+            vqc = build_vqc(*self._vqc_args)
+            est = CountingEstimator(EstimatorV2())
+            qnn = EstimatorQNN(
+                circuit=vqc.circuit,
+                estimator=est,
+                observables=vqc.observables,
+                input_params=list(vqc.inputs),
+                weight_params=list(vqc.weights),
+                input_gradients=True,
+                default_precision=0.0,
+            )
+            connector = TorchConnector(qnn)
+            connector._weights = self.weight
+            self._built = _Built(qnn, connector, None)
+        return self._built
+
+    def close(self):
+        self._built = None
+
+
+@contextlib.contextmanager
+def full_noise_model():
+    """``aer_noisy`` as first built: the noise model holds every gate error of the 8 logical
+    qubits (all 56 ordered CX pairs, reset/id/x/sx), not only those the circuit uses."""
+    compact = backends.logical_noise_model
+    backends.logical_noise_model = lambda device, n, circuit=None: compact(device, n)
+    try:
+        yield
+    finally:
+        backends.logical_noise_model = compact
+
+
+def counters(model) -> list:
+    cores = (model.actor.core, model.critic.core)
+    return [c.counter for c in cores if isinstance(c, QiskitLayer)]
+
+
+def bench_model(model, actions: int, updates: int) -> dict:
+    obs = torch.randn(6, 4, dtype=torch.float64)
+    model.act(obs[0])  # build the backend, warm caches
+    t0 = time.perf_counter()
+    for i in range(actions):
+        model.act(obs[i % 6])
+    t_act = (time.perf_counter() - t0) / actions
+    row = {"action_ms": 1e3 * t_act}
+    if updates == 0:
+        return row
+    settings = A3CSettings()
+    acts = torch.tensor([0, 1, 1, 0, 1])
+    times = []
+    for _ in range(updates):
+        for c in counters(model):
+            c.reset()
+        t0 = time.perf_counter()
+        loss = a3c_loss(model, obs[:5], acts, [1.0] * 5, obs[5], False, settings)
+        local_gradient(model, loss)
+        times.append(time.perf_counter() - t0)
+    cs = counters(model)
+    row.update(
+        update_s=float(np.median(times)),
+        calls=sum(c.calls for c in cs) if cs else None,
+        pubs=sum(c.pubs for c in cs) if cs else None,
+        circuits=sum(c.circuits for c in cs) if cs else None,
+    )
+    return row
+
+
+def shot_mae(backend: str, shots: int, batch: int = 8) -> float:
+    """Mean |<Z_i>_shots - <Z_i>_exact| over ``batch`` random inputs and all 8 qubits."""
+    torch.manual_seed(0)
+    layer = quantum_layer_factory(ModelSpec(4, 2, backend=backend, shots=shots))()
+    layer.weight.data.copy_(torch.randn_like(layer.weight))
+    exact = StatevectorLayer()
+    exact.weight.data.copy_(layer.weight.data)
+    x = torch.randn(batch, 8, dtype=torch.float64)
+    with torch.no_grad():
+        err = (layer(x) - exact(x)).abs().mean()
+    layer.close()
+    return float(err)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--actions", type=int, default=30, help="timed actions per backend")
+    parser.add_argument("--updates", type=int, default=3, help="timed updates per backend")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the qiskit-ml default row")
+    parser.add_argument("--no-device", action="store_true", help="skip aer_device (slow)")
+    parser.add_argument("--only", default="", help="comma-separated backends to run (default all)")
+    parser.add_argument(
+        "--noisy-before",
+        action="store_true",
+        help="add an aer_noisy row with the full (non-compact) noise model, for before/after",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    plan = [
+        ("statevector", args.actions, args.updates),
+        ("aer_statevector", args.actions, args.updates),
+        ("aer_shots", args.actions, args.updates),
+        ("aer_noisy", max(3, args.actions // 5), 1),
+    ]
+    if not args.no_device:
+        plan.append(("aer_device", 3, 0))  # an update is ~1400 routed noisy circuits: skipped
+    if args.noisy_before:
+        noisy = next(i for i, row in enumerate(plan) if row[0] == "aer_noisy")
+        plan.insert(noisy, ("aer_noisy*", *plan[noisy][1:]))
+    if args.only:
+        keep = set(args.only.split(",")) | ({"aer_noisy*"} if args.noisy_before else set())
+        plan = [row for row in plan if row[0] in keep]
+    for label, n_act, n_upd in plan:
+        name = label.rstrip("*")
+        before = full_noise_model() if label.endswith("*") else contextlib.nullcontext()
+        with before:
+            torch.manual_seed(0)
+            model = ActorCritic(ModelSpec(4, 2, backend=name))
+            row = {"backend": label, **bench_model(model, n_act, n_upd)}
+            model.close()
+            if name in ("aer_shots", "aer_noisy", "aer_device"):
+                for shots in (128, 1024, 8192):
+                    if name == "aer_device" and shots > 1024:
+                        continue
+                    batch = 2 if name == "aer_device" else 8
+                    row[f"mae_{shots}"] = shot_mae(name, shots, batch=batch)
+        rows.append(row)
+        print_row(row, header=len(rows) == 1)
+    if args.noisy_before:
+        print("* aer_noisy with the full logical noise model (as first built), same run")
+    if not args.no_baseline and not args.only:
+        torch.manual_seed(0)
+        model = ActorCritic(ModelSpec(4, 2), core_factory=DefaultGradientLayer)
+        row = {"backend": "qiskit-ml default (exact Aer)", **bench_model(model, 5, 1)}
+        rows.append(row)
+        print_row(row, header=False)
+
+
+COLS = [
+    ("backend", "{}", 30),
+    ("action_ms", "{:.1f}", 10),
+    ("update_s", "{:.3f}", 9),
+    ("calls", "{}", 6),
+    ("pubs", "{}", 6),
+    ("circuits", "{}", 9),
+    ("mae_128", "{:.4f}", 8),
+    ("mae_1024", "{:.4f}", 9),
+    ("mae_8192", "{:.4f}", 9),
+]
+
+
+def print_row(row: dict, header: bool) -> None:
+    if header:
+        print("| " + " | ".join(c.ljust(w) for c, _, w in COLS) + " |")
+        print("|" + "|".join("-" * (w + 2) for _, _, w in COLS) + "|")
+    cells = []
+    for c, fmt, w in COLS:
+        v = row.get(c)
+        cells.append(("-" if v is None else fmt.format(v)).ljust(w))
+    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""The exact ``statevector`` engine against Qiskit: values vs ``Statevector`` (1e-6), gradients vs
+qiskit-machine-learning's parameter-shift gradients (1e-5), fast path vs the autograd reference
+path (1e-10), unsupported instructions, and the weight cache of the acting path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from qiskit.circuit import ParameterVector, QuantumCircuit
+from qiskit.circuit.library import RZXGate
+from qiskit.primitives import StatevectorEstimator
+from qiskit.quantum_info import SparsePauliOp, Statevector
+from qiskit_machine_learning.gradients import ParamShiftEstimatorGradient
+
+from qa3c_qiskit.backends import StatevectorLayer
+from qa3c_qiskit.circuit import ENTANGLERS, build_vqc
+from qa3c_qiskit.engine import NP_GATES, PARAM_GATES, CircuitEngine
+
+
+def qiskit_values(circuit, params, values, observables) -> np.ndarray:
+    """<O_j> for one binding, by qiskit.quantum_info.Statevector: [n_obs]."""
+    bound = circuit.assign_parameters(dict(zip(params, values)))
+    sv = Statevector(bound)
+    return np.array([sv.expectation_value(o).real for o in observables])
+
+
+def param_shift_grad(circuit, params, values, observable) -> np.ndarray:
+    """d<observable>/d(params) by qiskit-machine-learning's parameter-shift rule: [n_params].
+
+    ``values`` maps each of ``params`` to its value; parameters absent from the circuit get 0.
+    """
+    binding = dict(zip(params, values))
+    used = [p for p in params if p in circuit.parameters]
+    grad = ParamShiftEstimatorGradient(StatevectorEstimator())
+    # the gradient classes take values in circuit.parameters order, return them in `used` order
+    ordered = [binding[p] for p in circuit.parameters]
+    job = grad.run([circuit], [observable], [ordered], [used])
+    by_param = dict(zip(used, np.asarray(job.result().gradients[0])))
+    return np.array([by_param.get(p, 0.0) for p in params])
+
+
+def combine(observables, coeffs) -> SparsePauliOp:
+    """sum_j coeffs[j] * observables[j] as one SparsePauliOp."""
+    total = coeffs[0] * observables[0]
+    for c, o in zip(coeffs[1:], observables[1:]):
+        total = total + c * o
+    return total.simplify()
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's circuit
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("entangler", list(ENTANGLERS))
+def test_paper_circuit_values_match_statevector(entangler):
+    vqc = build_vqc(8, 2, entangler)
+    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 8, generator=gen, dtype=torch.float64) * 2
+    w = torch.randn(48, generator=gen, dtype=torch.float64) * 2
+    fast = engine(x, w)
+    ref = engine.reference(x, w)
+    assert fast.shape == (4, 8) and fast.dtype == torch.float64
+    params = list(vqc.inputs) + list(vqc.weights)
+    for b in range(4):
+        expected = qiskit_values(vqc.circuit, params, list(x[b]) + list(w), vqc.observables)
+        np.testing.assert_allclose(fast[b].numpy(), expected, atol=1e-6)
+        np.testing.assert_allclose(ref[b].numpy(), expected, atol=1e-6)
+    # one observation at a time (the acting path) agrees with the batch
+    for b in range(4):
+        with torch.no_grad():
+            np.testing.assert_allclose(engine(x[b], w)[0].numpy(), fast[b].numpy(), atol=1e-12)
+
+
+def test_paper_circuit_gradients_match_parameter_shift():
+    vqc = build_vqc(8, 2, "double_ring")
+    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables)
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(2, 8, generator=gen, dtype=torch.float64) * 1.5).requires_grad_()
+    w = (torch.randn(48, generator=gen, dtype=torch.float64)).requires_grad_()
+    coeffs = torch.randn(8, generator=gen, dtype=torch.float64)
+    out = engine(x, w)
+    gx, gw = torch.autograd.grad((out * coeffs).sum(), (x, w))
+    obs = combine(vqc.observables, coeffs.tolist())
+    params = list(vqc.inputs) + list(vqc.weights)
+    gw_expected = np.zeros(48)
+    for b in range(2):
+        values = x[b].tolist() + w.tolist()
+        shift = param_shift_grad(vqc.circuit, params, values, obs)
+        np.testing.assert_allclose(gx[b].numpy(), shift[:8], atol=1e-5)
+        gw_expected += shift[8:]
+    np.testing.assert_allclose(gw.numpy(), gw_expected, atol=1e-5)
+
+
+def test_fast_and_reference_gradients_agree_on_paper_circuit():
+    vqc = build_vqc(8, 2, "double_ring")
+    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 8, generator=gen, dtype=torch.float64).requires_grad_()
+    w = torch.randn(48, generator=gen, dtype=torch.float64).requires_grad_()
+    upstream = torch.randn(6, 8, generator=gen, dtype=torch.float64)
+    grads = [
+        torch.autograd.grad((f(x, w) * upstream).sum(), (x, w)) for f in (engine, engine.reference)
+    ]
+    for fast, ref in zip(*grads):
+        torch.testing.assert_close(fast, ref, atol=1e-10, rtol=0)
+    # only one of the two requiring a gradient
+    (gx,) = torch.autograd.grad((engine(x, w.detach()) * upstream).sum(), (x,))
+    torch.testing.assert_close(gx, grads[1][0], atol=1e-10, rtol=0)
+    (gw,) = torch.autograd.grad((engine(x.detach(), w) * upstream).sum(), (w,))
+    torch.testing.assert_close(gw, grads[1][1], atol=1e-10, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random circuits over the supported gate set
+# ---------------------------------------------------------------------------------------------
+FIXED_1Q = ["h", "x", "y", "z", "s", "sdg", "t", "tdg", "sx", "sxdg"]
+FIXED_MULTI = ["cx", "cz", "cy", "swap", "ch", "iswap", "ecr", "ccx", "cswap"]
+
+
+def random_circuit(seed: int, n: int = 4, depth: int = 40):
+    """A random circuit over every supported gate kind, angles random parameter expressions."""
+    rng = np.random.default_rng(seed)
+    x = ParameterVector("x", 3)
+    w = ParameterVector("w", 5)
+
+    def angle():
+        a, b = x[rng.integers(3)], w[rng.integers(5)]
+        choices = [
+            lambda: a,
+            lambda: b,
+            lambda: a.arctan(),
+            lambda: (a**2).arctan(),
+            lambda: 2 * b + 0.3,
+            lambda: a * b,
+            lambda: a.sin() * b,
+            lambda: float(rng.normal()),  # a parameterized gate with a constant angle
+        ]
+        return choices[rng.integers(len(choices))]()
+
+    qc = QuantumCircuit(n)
+    # every qubit touched early so the first local layer is a real product state
+    for q in range(n):
+        qc.h(q)
+    for _ in range(depth):
+        kind = rng.choice(["fixed1", "param1", "fixedm", "param2"], p=[0.2, 0.4, 0.2, 0.2])
+        qs = [int(q) for q in rng.permutation(n)]
+        if kind == "fixed1":
+            getattr(qc, str(rng.choice(FIXED_1Q)))(qs[0])
+        elif kind == "param1":
+            name = str(rng.choice(["rx", "ry", "rz", "p", "u"]))
+            if name == "u":
+                qc.u(angle(), angle(), angle(), qs[0])
+            else:
+                getattr(qc, name)(angle(), qs[0])
+        elif kind == "fixedm":
+            name = str(rng.choice(FIXED_MULTI))
+            k = 3 if name in ("ccx", "cswap") else 2
+            getattr(qc, name)(*qs[:k])
+        else:
+            name = str(rng.choice(["rzz", "rxx", "ryy", "crx", "cry", "crz", "cp"]))
+            getattr(qc, name)(angle(), qs[0], qs[1])
+        if rng.random() < 0.1:
+            qc.barrier()
+    observables = [
+        SparsePauliOp("IIIZ"),
+        SparsePauliOp("ZIIZ"),
+        SparsePauliOp.from_list([("IZZI", 0.5), ("ZIII", -1.5), ("IIII", 0.25)]),
+    ]
+    return qc, x, w, observables
+
+
+def test_random_circuits_cover_the_gate_set():
+    names = set()
+    for seed in range(6):
+        qc, *_ = random_circuit(seed)
+        names |= set(qc.count_ops())
+    assert set(PARAM_GATES) <= names
+    assert set(FIXED_1Q) | set(FIXED_MULTI) <= names
+    assert set(NP_GATES) == set(PARAM_GATES)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_circuit_values_match_statevector(seed):
+    qc, x, w, observables = random_circuit(seed)
+    engine = CircuitEngine(qc, x, w, observables)
+    rng = np.random.default_rng(100 + seed)
+    xs = torch.tensor(rng.normal(size=(3, 3)))
+    ws = torch.tensor(rng.normal(size=5))
+    fast, ref = engine(xs, ws), engine.reference(xs, ws)
+    params = list(x) + list(w)
+    for b in range(3):
+        expected = qiskit_values(qc, params, list(xs[b]) + list(ws), observables)
+        np.testing.assert_allclose(fast[b].numpy(), expected, atol=1e-6)
+        np.testing.assert_allclose(ref[b].numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_circuit_gradients_match_parameter_shift(seed):
+    qc, x, w, observables = random_circuit(seed, depth=25)
+    engine = CircuitEngine(qc, x, w, observables)
+    rng = np.random.default_rng(200 + seed)
+    xs = torch.tensor(rng.normal(size=(2, 3)), requires_grad=True)
+    ws = torch.tensor(rng.normal(size=5), requires_grad=True)
+    coeffs = torch.tensor(rng.normal(size=len(observables)))
+    gx, gw = torch.autograd.grad((engine(xs, ws) * coeffs).sum(), (xs, ws))
+    obs = combine(observables, coeffs.tolist())
+    params = list(x) + list(w)
+    gw_expected = np.zeros(5)
+    for b in range(2):
+        expected = param_shift_grad(qc, params, xs[b].tolist() + ws.tolist(), obs)
+        np.testing.assert_allclose(gx[b].numpy(), expected[:3], atol=1e-5)
+        gw_expected += expected[3:]
+    np.testing.assert_allclose(gw.numpy(), gw_expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(10, 20))
+def test_random_circuit_fast_path_matches_reference(seed):
+    qc, x, w, observables = random_circuit(seed, n=int(3 + seed % 3), depth=30)
+    observables = [SparsePauliOp("I" * (qc.num_qubits - 1) + "Z")]
+    engine = CircuitEngine(qc, x, w, observables)
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.randn(4, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    ws = torch.randn(5, generator=gen, dtype=torch.float64).requires_grad_()
+    fast, ref = engine(xs, ws), engine.reference(xs, ws)
+    torch.testing.assert_close(fast, ref, atol=1e-10, rtol=0)
+    g_fast = torch.autograd.grad(fast.sum(), (xs, ws))
+    g_ref = torch.autograd.grad(ref.sum(), (xs, ws))
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_input_only_and_weight_only_circuits():
+    x, w = ParameterVector("x", 2), ParameterVector("w", 2)
+    qc = QuantumCircuit(2)
+    qc.ry(w[0], 0)  # weights before inputs: the cached layer is the product layer
+    qc.rx(w[1], 1)
+    qc.cx(0, 1)
+    qc.rz(x[0] * x[1], 1)
+    qc.h(0)
+    engine = CircuitEngine(qc, x, w, [SparsePauliOp("ZZ"), SparsePauliOp("ZI")])
+    xs = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    ws = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    fast, ref = engine(xs, ws), engine.reference(xs, ws)
+    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=0)
+    for a, b in zip(
+        torch.autograd.grad(fast.sum(), (xs, ws)), torch.autograd.grad(ref.sum(), (xs, ws))
+    ):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    # a circuit with no parameters at all still returns one row per input
+    qc0 = QuantumCircuit(2)
+    qc0.x(1)
+    e0 = CircuitEngine(qc0, [], [], [SparsePauliOp("ZI"), SparsePauliOp("IZ")])
+    out = e0(torch.zeros(5, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
+    torch.testing.assert_close(out, torch.tensor([[-1.0, 1.0]] * 5, dtype=torch.float64))
+
+
+def test_repeated_weight_layers_and_constant_layers():
+    """Weight-only layers of equal structure (evaluated together), reused weights, a layer of
+    constant gates only, odd qubit count."""
+    x, w = ParameterVector("x", 3), ParameterVector("w", 4)
+    qc = QuantumCircuit(3)
+    for q in range(3):
+        qc.ry(x[q], q)
+    for layer in range(3):
+        qc.cx(0, 1)
+        qc.cz(1, 2)
+        for q in range(3):
+            qc.rz(w[(layer + q) % 4], q)  # weights shared across layers and qubits
+            qc.rx(2 * w[(layer * 3 + q) % 4] - 0.5, q)
+        qc.swap(0, 2)
+        for q in range(3):
+            qc.h(q)  # a local layer of constant gates only
+        qc.ccx(0, 1, 2)
+    engine = CircuitEngine(qc, x, w, [SparsePauliOp("IIZ"), SparsePauliOp("ZZI")])
+    gen = torch.Generator().manual_seed(7)
+    xs = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    ws = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
+    fast, ref = engine(xs, ws), engine.reference(xs, ws)
+    params = list(x) + list(w)
+    obs = [SparsePauliOp("IIZ"), SparsePauliOp("ZZI")]
+    expected = qiskit_values(qc, params, xs[1].tolist() + ws.tolist(), obs)
+    np.testing.assert_allclose(fast[1].detach().numpy(), expected, atol=1e-6)
+    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=0)
+    g_fast = torch.autograd.grad(fast.sum(), (xs, ws))
+    g_ref = torch.autograd.grad(ref.sum(), (xs, ws))
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+def _one_param_circuit():
+    x = ParameterVector("x", 1)
+    return QuantumCircuit(2), x
+
+
+def test_unsupported_parameterized_gate_is_named():
+    qc, x = _one_param_circuit()
+    qc.append(RZXGate(x[0]), [0, 1])
+    with pytest.raises(ValueError, match="'rzx'.*supported: .*rx"):
+        CircuitEngine(qc, x, [])
+
+
+@pytest.mark.parametrize("name", ["measure", "reset"])
+def test_measure_and_reset_are_rejected_by_name(name):
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    if name == "measure":
+        qc.measure(0, 0)
+    else:
+        qc.reset(0)
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        CircuitEngine(qc, [], [])
+
+
+def test_non_diagonal_observable_and_bad_shapes_are_rejected():
+    vqc = build_vqc(2, 1)
+    with pytest.raises(ValueError, match="'XI'"):
+        CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, [SparsePauliOp("XI")])
+    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights)
+    with pytest.raises(ValueError, match=r"expected inputs \[B, 2\] and weights \[6\]"):
+        engine(torch.zeros(3, 5, dtype=torch.float64), torch.zeros(6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="not given as inputs or weights"):
+        CircuitEngine(vqc.circuit, vqc.inputs, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer used by the models: weight cache and flat-buffer pulls
+# ---------------------------------------------------------------------------------------------
+def test_layer_follows_in_place_weight_changes():
+    """Weights change in place at every pull: the cached weight-only matrices must follow."""
+    torch.manual_seed(0)
+    actor, critic = StatevectorLayer(8, 2, "double_ring"), StatevectorLayer(8, 2, "double_ring")
+    assert actor.engine is critic.engine  # shared engine, distinct weights
+    assert actor.weight.is_quantum and actor.weight.shape == (48,)
+    x = torch.randn(1, 8, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(3):
+            for layer in (actor, critic, actor):
+                out = layer(x)
+                torch.testing.assert_close(out, layer.engine.reference(x, layer.weight))
+            actor.weight.data.add_(0.3)  # in place, like a pull into the flat buffer
+            critic.weight.data.copy_(torch.randn(48, dtype=torch.float64))
+    x5 = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    out = actor(x5)
+    out.sum().backward()
+    assert actor.weight.grad is not None and x5.grad is not None
+    assert out.shape == (5, 8)

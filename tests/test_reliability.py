@@ -1,0 +1,396 @@
+"""Reliability: checkpoints/resume, Ctrl-C and SIGTERM, worker crashes and kills, NaN values,
+bad input, determinism. Real worker processes and real signals; faults come from the test-only
+environment in ``tests/qa3c_faults.py`` (configured by the QA3C_FAULT environment variable).
+
+Every scenario ends with the same check: the run's ``metrics.csv`` holds episodes 1..N exactly
+once, in order, and its checkpoint loads and agrees with it (nothing lost, nothing duplicated).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qa3c_qiskit.checkpoint import (
+    CHECKPOINT,
+    EVENTS,
+    ROLLED_BACK,
+    CheckpointError,
+    count_metrics_rows,
+    load_checkpoint,
+    save_checkpoint,
+)
+from qa3c_qiskit.config import TrainConfig
+from qa3c_qiskit.metrics import read_metrics
+from qa3c_qiskit.train import main, train, validate
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # spawned workers inherit sys.path and can import qa3c_faults
+from qa3c_faults import ENV_ID  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def cfg_for(tmp_path, name="run", **kw) -> TrainConfig:
+    base = dict(
+        env="CartPole-v1",
+        model="classical",
+        workers=1,
+        episodes=12,
+        seed=0,
+        out=str(tmp_path),
+        run_name=name,
+        checkpoint_every=5,
+        quiet=True,
+        lr=1e-3,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def cli(tmp_path, name, *args, fault="", **popen_kw) -> subprocess.Popen:
+    """``python -m qa3c_qiskit.train`` as a real process in its own process group."""
+    env = dict(os.environ, QA3C_FAULT=fault)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "qa3c_qiskit.train", "--model", "classical", "--quiet"]
+    cmd += ["--out", str(tmp_path), "--run-name", name, *map(str, args)]
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **popen_kw,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc.returncode, err
+
+
+def wait_rows(run: Path, n: int, proc: subprocess.Popen) -> int:
+    """Block until ``run/metrics.csv`` has at least ``n`` episode rows."""
+    path = run / "metrics.csv"
+    while True:
+        rows = count_metrics_rows(path) if path.exists() else 0
+        if rows >= n:
+            return rows
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+
+
+def worker_pids(run: Path) -> list[int]:
+    return [
+        int(line.split("pid=")[1].split()[0])
+        for line in (run / EVENTS).read_text().splitlines()
+        if " started pid=" in line
+    ]
+
+
+def running(pid: int) -> bool:
+    """True if ``pid`` is a live (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def assert_intact(run: Path, episodes: int) -> dict:
+    """metrics.csv holds episodes 1..episodes once each; the checkpoint agrees; params finite."""
+    m = read_metrics(run)
+    assert m["episode"].tolist() == list(range(1, episodes + 1))
+    ckpt = load_checkpoint(run / CHECKPOINT)
+    assert ckpt["episodes_done"] == episodes
+    assert torch.isfinite(ckpt["flat"]).all()
+    assert int(m["env_steps"].max(initial=0)) <= ckpt["env_steps"]
+    return ckpt
+
+
+def with_fault(fault: str, fn, *args):
+    """Call ``fn(*args)`` in this process with QA3C_FAULT set (inherited by spawned workers)."""
+    os.environ["QA3C_FAULT"] = fault
+    try:
+        return fn(*args)
+    finally:
+        del os.environ["QA3C_FAULT"]
+
+
+# 1. checkpoints --------------------------------------------------------------------------------
+
+
+def test_checkpoint_write_is_atomic_and_damage_is_named(tmp_path):
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(path, {"episodes_done": 1, "x": torch.arange(5.0)})
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 (pickling a lambda fails mid-write)
+        save_checkpoint(path, {"episodes_done": 2, "bad": lambda: 0})
+    assert path.read_bytes() == before  # previous checkpoint intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]  # no temp file left
+    assert load_checkpoint(path)["episodes_done"] == 1
+    path.write_bytes(before[:-10])
+    with pytest.raises(CheckpointError, match=f"{path}.*truncated"):
+        load_checkpoint(path)
+    damaged = bytearray(before)
+    damaged[-3] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=f"{path}.*corrupt"):
+        load_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    """A finished 12-episode run (1 worker, checkpoint every 5)."""
+    tmp = tmp_path_factory.mktemp("done")
+    return train(cfg_for(tmp, "done"), show_table=False)
+
+
+def test_checkpoint_contents(done_run):
+    ckpt = assert_intact(done_run, 12)
+    assert ckpt["final"] is True
+    assert ckpt["adam"]["step"] > 0 and ckpt["adam"]["exp_avg"].abs().sum() > 0
+    assert set(ckpt["rng"]) == {"python", "numpy", "torch"}
+    assert ckpt["config"]["episodes"] == 12 and ckpt["resume_count"] == 0
+    assert [(s["worker"], s["seed"]) for s in ckpt["worker_seeds"]] == [(0, 0)]
+    saved = torch.load(done_run / "model.pt", weights_only=False)["model"]
+    flat = torch.cat([v.reshape(-1) for v in saved.values()])
+    assert torch.equal(flat, ckpt["flat"])
+
+
+# 2. Ctrl-C / SIGTERM, then resume --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_everything_checkpoints_and_resumes(tmp_path, sig, code):
+    run = tmp_path / "sig"
+    proc = cli(tmp_path, "sig", "--env", ENV_ID, "--workers", 2, "--episodes", 100_000,
+               "--checkpoint-every", 7, fault="slow@3")  # fmt: skip
+    wait_rows(run, 8, proc)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole process group
+    else:
+        os.kill(proc.pid, sig)
+    rc, err = finish(proc)
+    assert rc == code, err
+    assert f"--resume {run}" in err
+    assert not [pid for pid in worker_pids(run) if running(pid)]
+    done = load_checkpoint(run / CHECKPOINT)["episodes_done"]
+    assert done >= 8 and count_metrics_rows(run / "metrics.csv") == done  # all rows flushed
+    assert_intact(run, done)
+    if sig == signal.SIGTERM:
+        return  # resuming is the same as after SIGINT
+    # resume: --resume alone keeps the run's config; a bigger budget continues it
+    total = done + 10
+    argv = ["--resume", str(run), "--episodes", str(total), "--out", str(tmp_path)]
+    assert main([*argv, "--run-name", "ignored"]) == 0  # in-process: saves an interpreter start
+    ckpt = assert_intact(run, total)
+    assert ckpt["resume_count"] == 1
+    resumed = [s for s in ckpt["worker_seeds"] if s["resume"] == 1]
+    assert sorted(s["seed"] for s in resumed) == [1000, 1001]  # fresh, recorded seeds
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_second_ctrl_c_forces_exit_and_resume_rolls_back(tmp_path):
+    run, hang = tmp_path / "force", tmp_path / "hang"
+    proc = cli(tmp_path, "force", "--env", ENV_ID, "--workers", 2, "--episodes", 100_000,
+               "--checkpoint-every", 1000, fault=f"hang={hang}")  # fmt: skip
+    wait_rows(run, 5, proc)
+    hang.touch()  # from now on every worker step blocks for 60 s: the graceful stop stalls
+    time.sleep(1)
+    rows = count_metrics_rows(run / "metrics.csv")
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc, err = finish(proc)
+    assert rc == 130, err
+    assert "forced exit" in err
+    assert not [pid for pid in worker_pids(run) if running(pid)]
+    assert load_checkpoint(run / CHECKPOINT)["episodes_done"] == 0  # the last checkpoint kept
+    assert count_metrics_rows(run / "metrics.csv") >= rows
+    hang.unlink()
+    assert main(["--resume", str(run), "--episodes", "15", "--quiet"]) == 0
+    assert_intact(run, 15)
+    # rows past the checkpoint were moved aside (not deleted), then re-run
+    assert count_metrics_rows(run / ROLLED_BACK) >= rows
+
+
+def test_supervisor_sigkill_leaves_no_worker_and_run_resumable(tmp_path):
+    run = tmp_path / "hard"
+    proc = cli(tmp_path, "hard", "--env", ENV_ID, "--workers", 2, "--episodes", 100_000,
+               "--checkpoint-every", 4, fault="slow@3")  # fmt: skip
+    wait_rows(run, 6, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 60  # a bounded wait, not a speed assertion
+    while [pid for pid in worker_pids(run) if running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in worker_pids(run) if running(pid)]
+    ckpt = load_checkpoint(run / CHECKPOINT)  # the last periodic checkpoint is intact
+    assert ckpt["episodes_done"] >= 4
+    assert count_metrics_rows(run / "metrics.csv") >= ckpt["episodes_done"]
+    cfg = TrainConfig(**{**ckpt["config"], "resume": str(run), "episodes": 100_001})
+    assert validate(cfg)["episodes_done"] == ckpt["episodes_done"]  # resumable
+
+
+# 3. worker faults ------------------------------------------------------------------------------
+
+
+def test_worker_exception_is_restarted_and_budget_exact(tmp_path):
+    marker = tmp_path / "crashed"
+    cfg = cfg_for(tmp_path, env=ENV_ID, workers=2, episodes=30, max_restarts=2)
+    run = with_fault(f"raise@3,once={marker}", train, cfg, False)
+    ckpt = assert_intact(run, 30)
+    assert marker.exists() and ckpt["restarts"] == 1
+    log = (run / EVENTS).read_text()
+    assert "restart 1/2" in log and "RuntimeError: injected fault" in log
+    assert "1 claimed episode(s) given back" in log
+    assert len([s for s in ckpt["worker_seeds"] if s["restart"] == 1]) == 1
+
+
+def test_worker_sigkill_is_restarted_and_budget_exact(tmp_path):
+    run = tmp_path / "kill"
+    proc = cli(tmp_path, "kill", "--env", ENV_ID, "--workers", 2, "--episodes", 80,
+               fault="slow@4")  # fmt: skip
+    wait_rows(run, 5, proc)
+    victim = worker_pids(run)[0]
+    os.kill(victim, signal.SIGKILL)
+    rc, err = finish(proc)
+    assert rc == 0, err
+    ckpt = assert_intact(run, 80)
+    assert ckpt["restarts"] == 1
+    assert "died: signal SIGKILL" in (run / EVENTS).read_text()
+    assert not [pid for pid in worker_pids(run) if running(pid)]
+
+
+def test_restarts_exhausted_fails_with_traceback_and_keeps_checkpoint(tmp_path, capsys):
+    argv = ["--env", ENV_ID, "--model", "classical", "--workers", "1", "--episodes", "50",
+            "--max-restarts", "1", "--checkpoint-every", "1", "--out", str(tmp_path),
+            "--run-name", "exh", "--quiet"]  # fmt: skip
+    assert with_fault("raise@2", main, argv) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: injected fault" in err and "restarts used: 1/1" in err
+    # each of the 2 processes finished one episode before crashing: both rows kept
+    ckpt = assert_intact(tmp_path / "exh", 2)
+    assert ckpt["restarts"] == 1
+
+
+# 4. non-finite values --------------------------------------------------------------------------
+
+
+def test_nan_updates_are_skipped_and_counted(tmp_path):
+    cfg = cfg_for(tmp_path, env=ENV_ID, episodes=20)
+    run = with_fault("nan@7", train, cfg, False)
+    ckpt = assert_intact(run, 20)
+    steps = int(read_metrics(run)["length"].sum())
+    # every 7th step has a NaN reward; S=5 so each poisons exactly one update
+    assert ckpt["nonfinite_updates_skipped"] == steps // 7 > 0
+    import json
+
+    assert json.loads((run / "summary.json").read_text())["nonfinite_updates_skipped"] == steps // 7
+    assert torch.isfinite(ckpt["adam"]["exp_avg"]).all()
+    assert torch.isfinite(ckpt["adam"]["exp_avg_sq"]).all()
+
+
+def test_nan_with_raise_aborts(tmp_path, capsys):
+    argv = ["--env", ENV_ID, "--model", "classical", "--workers", "1", "--episodes", "50",
+            "--on-nonfinite", "raise", "--max-restarts", "3", "--out", str(tmp_path),
+            "--run-name", "nanr", "--quiet"]  # fmt: skip
+    assert with_fault("nan@7", main, argv) == 1
+    assert "NonFiniteError" in capsys.readouterr().err
+    assert "restart" not in (tmp_path / "nanr" / EVENTS).read_text()  # fatal: not restarted
+    ckpt = load_checkpoint(tmp_path / "nanr" / CHECKPOINT)
+    assert_intact(tmp_path / "nanr", ckpt["episodes_done"])
+    assert ckpt["episodes_done"] < 50
+
+
+# 5. bad input ----------------------------------------------------------------------------------
+
+
+def test_all_bad_values_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = ["--episodes", "0", "--workers", "0", "--lr", "0", "--gamma", "1.5", "--shots", "0",
+            "--env", "Nope-v0", "--backend", "nope", "--out", str(blocker / "runs")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    for text in ("--episodes", "--workers", "--lr", "--gamma", "--shots", "Nope-v0", "nope",
+                 "cannot be written"):  # fmt: skip
+        assert text in err, text
+    with pytest.raises(ValueError, match="unknown --model 'nope'"):
+        validate(cfg_for(tmp_path, model="nope"))
+    with pytest.raises(ValueError, match="gamma must be in"):
+        validate(cfg_for(tmp_path, gamma=0.0))
+
+
+def test_existing_run_is_never_overwritten(done_run, capsys):
+    before = {p.name: p.read_bytes() for p in done_run.iterdir() if p.is_file()}
+    argv = ["--model", "classical", "--out", str(done_run.parent), "--run-name", done_run.name]
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in done_run.iterdir() if p.is_file()} == before
+
+
+def test_resume_incompatible_config_names_the_field(done_run, capsys):
+    assert main(["--resume", str(done_run), "--episodes", "20", "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "incompatible config" in err and "lr: given 0.5" in err
+    with pytest.raises(ValueError, match="n_layers: given 3"):
+        validate(replace(cfg_for(done_run.parent), resume=str(done_run), episodes=20, n_layers=3))
+    assert main(["--resume", str(done_run), "--episodes", "12"]) == 2
+    assert "already has 12 episodes" in capsys.readouterr().err
+
+
+def test_resume_damaged_checkpoint_names_the_file(done_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(done_run, run)
+    data = (run / CHECKPOINT).read_bytes()
+    (run / CHECKPOINT).write_bytes(data[: len(data) // 2])
+    assert main(["--resume", str(run), "--episodes", "20"]) == 2
+    err = capsys.readouterr().err
+    assert str(run / CHECKPOINT) in err and "truncated" in err
+    cfg = replace(cfg_for(tmp_path), resume=str(run), episodes=20)
+    with pytest.raises(ValueError, match="truncated"):
+        validate(cfg)
+
+
+# 6. determinism --------------------------------------------------------------------------------
+
+
+def test_one_worker_fixed_seed_is_deterministic(tmp_path, done_run):
+    again = train(cfg_for(tmp_path, "again"), show_table=False)
+    a, b = read_metrics(done_run), read_metrics(again)
+    for col in ("episode", "worker", "return", "length", "env_steps"):
+        assert np.array_equal(a[col], b[col]), col
+    ca, cb = load_checkpoint(done_run / CHECKPOINT), load_checkpoint(again / CHECKPOINT)
+    assert torch.equal(ca["flat"], cb["flat"])
+    assert torch.equal(ca["adam"]["exp_avg_sq"], cb["adam"]["exp_avg_sq"])
+    other = train(cfg_for(tmp_path, "other", seed=1), show_table=False)
+    assert not torch.equal(ca["flat"], load_checkpoint(other / CHECKPOINT)["flat"])
+
+
+def test_worker_seeds_are_seed_plus_rank_and_recorded(tmp_path):
+    import json
+
+    run = train(cfg_for(tmp_path, workers=2, seed=7, episodes=6), show_table=False)
+    assert json.loads((run / "config.json").read_text())["worker_seeds"] == {"0": 7, "1": 8}
+    ckpt = assert_intact(run, 6)
+    assert sorted(s["seed"] for s in ckpt["worker_seeds"]) == [7, 8]
+    assert not math.isnan(read_metrics(run)["return"].sum())
