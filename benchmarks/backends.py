@@ -5,6 +5,10 @@ update, and the error of shot-based <Z_i> against exact values.
     python benchmarks/backends.py --no-baseline --actions 20
     python benchmarks/backends.py --only aer_noisy --noisy-before   # aer_noisy before/after
 
+``--noisy-before`` adds two rows for ``aer_noisy``'s profile run on Aer's density matrix: with
+the noise model as first built (every gate error of the 8 logical qubits) and with the compact
+model (only the gates the circuit uses); the plain ``aer_noisy`` row is the in-package engine.
+
 Rows: each built-in backend through the registry, plus ``qiskit-ml default`` =
 ``TorchConnector(EstimatorQNN)`` with qiskit-machine-learning's default
 ``ParamShiftEstimatorGradient`` on exact Aer (the path this package replaces). The model is the
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +33,8 @@ from qa3c_qiskit.a3c import A3CSettings, a3c_loss, local_gradient
 from qa3c_qiskit.backends import StatevectorLayer, quantum_layer_factory
 from qa3c_qiskit.models import ActorCritic, ModelSpec
 from qa3c_qiskit.qiskit_layer import CountingEstimator, QiskitLayer, _Built
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class DefaultGradientLayer(QiskitLayer):
@@ -135,7 +143,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--noisy-before",
         action="store_true",
-        help="add an aer_noisy row with the full (non-compact) noise model, for before/after",
+        help="add aer_noisy rows on Aer's density matrix (full and compact noise model)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -148,30 +156,42 @@ def main(argv=None) -> None:
     ]
     if not args.no_device:
         plan.append(("aer_device", 3, 0))  # an update is ~1400 routed noisy circuits: skipped
+    variants = {}  # row label -> (backend name or profile path, context)
     if args.noisy_before:
+        # aer_noisy's profile with Aer's density matrix instead of the in-package engine
+        tmp = Path(tempfile.mkdtemp(prefix="qa3c_bench_"))
+        aer = tmp / "aer_noisy_aer.toml"
+        aer.write_text(
+            (ROOT / "backends" / "aer_noisy.toml")
+            .read_text()
+            .replace('method = "torch_density_matrix"', 'method = "density_matrix"')
+        )
+        variants = {
+            "aer_noisy, before (Aer DM, full model)": (str(aer), full_noise_model),
+            "aer_noisy, Aer DM, compact model": (str(aer), contextlib.nullcontext),
+        }
         noisy = next(i for i, row in enumerate(plan) if row[0] == "aer_noisy")
-        plan.insert(noisy, ("aer_noisy*", *plan[noisy][1:]))
+        for label in reversed(list(variants)):
+            plan.insert(noisy, (label, *plan[noisy][1:]))
     if args.only:
-        keep = set(args.only.split(",")) | ({"aer_noisy*"} if args.noisy_before else set())
+        keep = set(args.only.split(",")) | set(variants)
         plan = [row for row in plan if row[0] in keep]
     for label, n_act, n_upd in plan:
-        name = label.rstrip("*")
-        before = full_noise_model() if label.endswith("*") else contextlib.nullcontext()
-        with before:
+        name, context = variants.get(label, (label, contextlib.nullcontext))
+        with context():
             torch.manual_seed(0)
             model = ActorCritic(ModelSpec(4, 2, backend=name))
             row = {"backend": label, **bench_model(model, n_act, n_upd)}
             model.close()
-            if name in ("aer_shots", "aer_noisy", "aer_device"):
+            kind = label.split(",")[0]
+            if kind in ("aer_shots", "aer_noisy", "aer_device"):
                 for shots in (128, 1024, 8192):
-                    if name == "aer_device" and shots > 1024:
+                    if kind == "aer_device" and shots > 1024:
                         continue
-                    batch = 2 if name == "aer_device" else 8
+                    batch = 2 if kind == "aer_device" else 8
                     row[f"mae_{shots}"] = shot_mae(name, shots, batch=batch)
         rows.append(row)
         print_row(row, header=len(rows) == 1)
-    if args.noisy_before:
-        print("* aer_noisy with the full logical noise model (as first built), same run")
     if not args.no_baseline and not args.only:
         torch.manual_seed(0)
         model = ActorCritic(ModelSpec(4, 2), core_factory=DefaultGradientLayer)
@@ -181,7 +201,7 @@ def main(argv=None) -> None:
 
 
 COLS = [
-    ("backend", "{}", 30),
+    ("backend", "{}", 38),
     ("action_ms", "{:.1f}", 10),
     ("update_s", "{:.3f}", 9),
     ("calls", "{}", 6),

@@ -14,6 +14,7 @@ and prints steps/s, the ratio to the classical twin, the time per action and per
 
     python benchmarks/throughput.py                     # CartPole-v1 and MiniGrid S9N1
     python benchmarks/throughput.py --steps 5000 --tc-steps 0   # skip the slow row
+    QA3C_ENGINE=numpy python benchmarks/throughput.py --tc-steps 0  # the numpy executor
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 
 from qa3c_qiskit import models
 from qa3c_qiskit.a3c import A3CSettings, _update, run_worker
-from qa3c_qiskit.engine import limit_blas_threads
+from qa3c_qiskit.engine import engine_mode, limit_blas_threads
 from qa3c_qiskit.envs import env_info, make_env
 from qa3c_qiskit.models import ActorCritic, ModelSpec
 from qa3c_qiskit.optim import SharedAdam
@@ -215,7 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         "torchconnector": "quantum, TorchConnector(EstimatorQNN)",
     }
     print()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, one worker in-process")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread, one worker in-process; "
+        f"statevector engine: {engine_mode()} (QA3C_ENGINE=numba|numpy|reference)"
+    )
     print("(steps/s: wall clock; CPU steps/s: per second of this process's CPU time, which a busy")
     print(" shared machine distorts less; ms/action, ms/update: best of 3 rounds, wall clock;")
     print(" TorchConnector: one call each)")

@@ -12,7 +12,9 @@ by adding a file. Fields (all optional except ``kind``):
   observables follow the layout), ``ibm_runtime`` (one IBM Runtime ``Session`` per worker);
 * ``description``, ``shots`` (int > 0), ``seed`` (simulator/transpiler seed, int),
   ``noise_source`` (a ``qiskit_ibm_runtime.fake_provider`` backend, e.g. ``FakeGuadalupeV2``),
-  ``method`` (Aer simulation method), ``optimization_level`` (0-3);
+  ``method`` (Aer simulation method, or ``torch_density_matrix``: the in-package noisy
+  density-matrix engine of :mod:`qa3c_qiskit.density`, same noise, fast parameter shift),
+  ``optimization_level`` (0-3);
 * ``[runtime]`` (``ibm_runtime`` only): ``channel``, ``instance``, ``backend`` (an IBM backend
   name), ``fake_backend`` (a fake backend: local testing mode, no network or account needed).
 
@@ -76,6 +78,8 @@ class StatevectorLayer(nn.Module):
 # --------------------------------------------------------------------------------------------
 KINDS = ("statevector", "aer", "aer_device", "ibm_runtime")
 AER_METHODS = ("automatic", "statevector", "density_matrix", "matrix_product_state")
+#: not an Aer method: the in-package noisy density-matrix engine (qa3c_qiskit.density), kind aer
+DM_ENGINE = "torch_density_matrix"
 RUNTIME_KEYS = ("channel", "instance", "backend", "fake_backend")
 BACKENDS_ENV = "QA3C_BACKENDS_DIR"
 SESSION_LOG_ENV = "QA3C_SESSION_LOG"
@@ -165,7 +169,7 @@ def load_profile(name: str) -> Profile:
     return Profile(**data, path=str(path))
 
 
-_SV_DESCRIPTION = "exact torch statevector engine (default), gradients by autograd"
+_SV_DESCRIPTION = "exact torch statevector engine (default), exact adjoint gradients"
 
 
 def _fake_backend_names() -> list[str]:
@@ -199,8 +203,13 @@ def profile_problems(p: Profile, n_qubits: int | None = None) -> list[str]:
         return [f"{where}: unknown kind {p.kind!r}; choose one of {', '.join(KINDS)}"]
     if p.shots is not None and (not isinstance(p.shots, int) or p.shots <= 0):
         out.append(f"{where}: shots must be a positive integer, got {p.shots!r}")
-    if p.method not in AER_METHODS:
-        out.append(f"{where}: unknown method {p.method!r}; choose one of {', '.join(AER_METHODS)}")
+    if p.method not in (*AER_METHODS, DM_ENGINE):
+        out.append(
+            f"{where}: unknown method {p.method!r}; choose one of {', '.join(AER_METHODS)}, "
+            f"{DM_ENGINE}"
+        )
+    elif p.method == DM_ENGINE and p.kind != "aer":
+        out.append(f"{where}: method {DM_ENGINE!r} is for kind 'aer' only, not {p.kind!r}")
     if p.optimization_level not in (0, 1, 2, 3):
         out.append(f"{where}: optimization_level must be 0-3, got {p.optimization_level!r}")
     if p.kind == "statevector" and p.shots is not None:
@@ -331,6 +340,21 @@ def _aer_execution(p: Profile, vqc, seed: int):
         )
         # compact: errors only on the (gate, qubits) the circuit uses (see logical_noise_model)
         noise, _, readout = logical_noise_model(device, vqc.n_qubits, circuit=circuit)
+    if p.method == DM_ENGINE:
+        # the same gate errors and readout, on the in-package density-matrix engine, whose
+        # parameter-shift gradient needs 2 sweeps per sample instead of 1 + 2G circuits
+        from .density import NoisyDensityEstimator
+
+        errors = (
+            logical_gate_errors(fake_backend(p.noise_source), vqc.n_qubits, circuit)
+            if p.noise_source
+            else {}
+        )
+        # sampled: single precision for forward values (2x faster, error << shot noise)
+        run_dtype = torch.complex64 if p.shots else torch.complex128
+        est = NoisyDensityEstimator(errors, readout, shots=p.shots, seed=seed, run_dtype=run_dtype)
+        precision = 1 / math.sqrt(p.shots) if p.shots else 0.0
+        return Execution(est, circuit, list(vqc.observables), precision)
     # fusing gates (and noise superoperators) pays off for 8-qubit density matrices (~2x)
     extra = {"fusion_threshold": 1} if p.method == "density_matrix" else {}
     sim = AerSimulator(method=p.method, noise_model=noise, max_parallel_threads=1, **extra)
@@ -412,10 +436,24 @@ def logical_noise_model(device, n_qubits: int, circuit=None):
     cost ~50-100 ms per call here; compact, that setup is ~5x smaller.
     """
     from qiskit_aer.noise import NoiseModel
-    from qiskit_aer.noise.device.models import (
-        basic_device_gate_errors,
-        basic_device_readout_errors,
-    )
+    from qiskit_aer.noise.device.models import basic_device_readout_errors
+
+    model = NoiseModel(basis_gates=device_basis(device))
+    freeze_noise_model(model)
+    for (name, qubits), error in logical_gate_errors(device, n_qubits, circuit).items():
+        model.add_quantum_error(error, name, list(qubits))
+    readout = {}
+    for qubits, error in basic_device_readout_errors(target=device.target):
+        if qubits[0] < n_qubits:
+            model.add_readout_error(error, list(qubits))
+            readout[qubits[0]] = np.asarray(error.probabilities, dtype=float)
+    return model, device_basis(device), readout
+
+
+def logical_gate_errors(device, n_qubits: int, circuit=None) -> dict:
+    """{(gate, logical qubits): QuantumError} of :func:`logical_noise_model` (only the
+    (gate, qubits) in ``circuit`` if given)."""
+    from qiskit_aer.noise.device.models import basic_device_gate_errors
 
     target = device.target
     basis = device_basis(device)
@@ -426,14 +464,12 @@ def logical_noise_model(device, n_qubits: int, circuit=None):
             (inst.operation.name, tuple(circuit.find_bit(q).index for q in inst.qubits))
             for inst in circuit.data
         }
-    model = NoiseModel(basis_gates=basis)
-    freeze_noise_model(model)
-    pair_errors = {}
+    errors, pair_errors = {}, {}
     for name, qubits, error in basic_device_gate_errors(target=target):
         qubits = tuple(qubits)
         if len(qubits) == 1 and qubits[0] < n_qubits and name in basis:
             if used is None or (name, qubits) in used:
-                model.add_quantum_error(error, name, list(qubits))
+                errors[(name, qubits)] = error
         elif len(qubits) == 2 and name == two_q:
             pair_errors[qubits] = error
     rates = {q: (target[two_q][q].error or 0.0) for q in pair_errors}
@@ -441,13 +477,8 @@ def logical_noise_model(device, n_qubits: int, circuit=None):
     for a in range(n_qubits):
         for b in range(n_qubits):
             if a != b and (used is None or (two_q, (a, b)) in used):
-                model.add_quantum_error(pair_errors.get((a, b), pair_errors[median]), two_q, [a, b])
-    readout = {}
-    for qubits, error in basic_device_readout_errors(target=target):
-        if qubits[0] < n_qubits:
-            model.add_readout_error(error, list(qubits))
-            readout[qubits[0]] = np.asarray(error.probabilities, dtype=float)
-    return model, basis, readout
+                errors[(two_q, (a, b))] = pair_errors.get((a, b), pair_errors[median])
+    return errors
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,12 +16,17 @@ batched stages:
 Conventions follow Qiskit: qubit 0 is the least significant bit of a basis index.
 Amplitudes are complex128, so results agree with ``qiskit.quantum_info.Statevector`` to ~1e-12.
 
-Two executors share this compiled program:
+Three executors share this compiled program (``mode=`` or the environment variable
+``QA3C_ENGINE=numba|numpy|reference``; default ``numba`` when numba is installed, else ``numpy``):
 
-* :meth:`CircuitEngine.reference` runs the stages as plain torch ops differentiated by autograd
-  (a few hundred small torch ops per call): simple, and the reference the tests hold the fast
-  path to (1e-10, on the paper's circuit and on random circuits);
-* ``CircuitEngine.__call__`` (the default) runs the same stages in numpy inside one
+* :meth:`CircuitEngine.reference` (mode ``reference``) runs the stages as plain torch ops
+  differentiated by autograd (a few hundred small torch ops per call): simple, and the reference
+  the tests hold the fast paths to (1e-10, on the paper's circuit and on random circuits);
+* mode ``numba``: the stages become a flat op stream run by two compiled kernels
+  (:mod:`qa3c_qiskit.engine_kernels`: angle expressions, gates, readout in one call; the adjoint
+  backward in another), wrapped in one ``torch.autograd.Function``; a call costs a few
+  microseconds of Python, and the kernels are compiled once per machine (numba's on-disk cache);
+* mode ``numpy``: the same stages in numpy inside one
   ``torch.autograd.Function`` whose backward is the **adjoint method**: the state after every
   stage is kept, the adjoint ``g`` (dL = Re sum conj(g) dpsi) is propagated back through each
   unitary stage, and every gate angle's gradient is ``Re sum(conj(r) * D)`` with ``r`` the
@@ -251,6 +256,36 @@ class _Dense:
     slots: list[int] | None = None
 
 
+ENGINE_MODES = ("numba", "numpy", "reference")
+
+
+def numba_available() -> bool:
+    """True if the compiled kernels (:mod:`qa3c_qiskit.engine_kernels`) can be imported."""
+    try:
+        from . import engine_kernels  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def engine_mode(mode: str | None = None) -> str:
+    """The executor to use: ``mode`` if given, else the environment variable ``QA3C_ENGINE``,
+    else ``numba`` when numba is installed and ``numpy`` otherwise."""
+    import os
+
+    mode = mode or os.environ.get("QA3C_ENGINE") or None
+    if mode is None:
+        return "numba" if numba_available() else "numpy"
+    if mode not in ENGINE_MODES:
+        raise ValueError(
+            f"unknown statevector engine mode {mode!r} (QA3C_ENGINE); "
+            f"supported: {', '.join(ENGINE_MODES)}"
+        )
+    if mode == "numba" and not numba_available():
+        raise ValueError("statevector engine mode 'numba' needs numba: pip install numba")
+    return mode
+
+
 class CircuitEngine:
     """Exact, batched, differentiable simulation of a parameterized ``QuantumCircuit``.
 
@@ -258,6 +293,10 @@ class CircuitEngine:
     shape ``[len(weight_params)]`` and returns the expectation values of ``observables``
     (diagonal Pauli strings, ``Z_i`` on each qubit by default) as a ``[B, n_obs]`` float64
     tensor, differentiable with respect to both.
+
+    ``mode`` picks the executor (see :func:`engine_mode`): ``numba`` (compiled kernels, the
+    default when numba is installed), ``numpy`` (vectorised numpy) or ``reference`` (torch
+    autograd); all three compute the same values and gradients.
     """
 
     def __init__(
@@ -266,7 +305,9 @@ class CircuitEngine:
         input_params: Sequence[Parameter],
         weight_params: Sequence[Parameter],
         observables: Sequence[SparsePauliOp] | None = None,
+        mode: str | None = None,
     ):
+        self.mode = engine_mode(mode)
         self.n = circuit.num_qubits
         self.dim = 2**self.n
         self.input_params = list(input_params)
@@ -284,7 +325,8 @@ class CircuitEngine:
         self.stages = self._compile(circuit, exprs)
         self.angles = _compile_angles(exprs, param_index)
         self.readout = _diagonal_readout(observables, self.n)
-        self.fast = _FastProgram(self, exprs, param_index)
+        program = _NumbaProgram if self.mode == "numba" else _FastProgram
+        self.fast = program(self, exprs, param_index)
 
     # -- compilation ---------------------------------------------------------------------------
     def _compile(self, circuit: QuantumCircuit, exprs: list) -> list:
@@ -371,9 +413,12 @@ class CircuitEngine:
     def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """<observables> for inputs ``x`` [B, n_in] and weights ``w`` [n_w]: [B, n_obs] float64.
 
-        Fast path: numpy forward and adjoint backward in one autograd function.
+        Fast path (mode ``numba`` or ``numpy``): forward and adjoint backward in one autograd
+        function; mode ``reference``: :meth:`reference`.
         """
         x = self._check(x, w)
+        if self.mode == "reference":
+            return self.reference(x, w)
         if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
             return _AdjointFunction.apply(x, w, self.fast)
         out, _ = self.fast.forward(_np64(x), _np64(w), keep=False)
@@ -668,7 +713,8 @@ def limit_blas_threads(n: int = 1) -> None:
 
 
 def _np64(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(RDTYPE).numpy()
+    t = t.detach()
+    return (t if t.dtype == RDTYPE else t.to(RDTYPE)).numpy()
 
 
 class _NpAngles:
@@ -1097,3 +1143,215 @@ class _AdjointFunction(torch.autograd.Function):
         gx = torch.from_numpy(gx).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         gw = torch.from_numpy(gw).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
         return gx, gw, None
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled path: the whole stage program in two numba kernels (qa3c_qiskit.engine_kernels)
+# --------------------------------------------------------------------------------------------
+_KERNELS_READY = False
+
+
+def _warm_kernels() -> float:
+    """Compile (or load from numba's on-disk cache) the kernels once per process: seconds."""
+    global _KERNELS_READY
+    if _KERNELS_READY:
+        return 0.0
+    import time
+
+    from . import engine_kernels as K
+
+    t0 = time.perf_counter()
+    prog = np.array([K.OP_LOCAL, 1, 0, 1, K.K_RY, 0, -1, -1], dtype=np.int64)
+    perm = np.zeros((0, 2), dtype=np.int64)
+    ang, readout = np.zeros((1, 1)), np.array([[1.0], [-1.0]])
+    cplx = np.zeros(0, dtype=complex)
+    _, states = K.forward(ang, prog, perm, cplx, readout, True)
+    K.backward(ang, prog, perm, cplx, readout, states, np.ones((1, 1)))
+    aprog = np.array([1, 0, 1, 1, 1, 1, 0, 2, K.A_PARAM, 0], dtype=np.int64)
+    x = np.zeros((1, 1))
+    for keep in (False, True):
+        _, tapes, ang, dang = K.forward_xw(x, np.zeros(0), aprog, prog, perm, cplx, readout, keep)
+    K.backward_xw(ang, dang, aprog, prog, perm, cplx, readout, tapes, np.ones((1, 1)))
+    _KERNELS_READY = True
+    return time.perf_counter() - t0
+
+
+class _UnsupportedExpression(Exception):
+    pass
+
+
+def _angle_code(exprs: list, param_index: dict[str, int], n_in: int, n_w: int, const) -> np.ndarray:
+    """The angle slots ``exprs`` as the stack-machine program of
+    :func:`qa3c_qiskit.engine_kernels.angles` (constants stored with ``const(values) -> offset``);
+    raises _UnsupportedExpression for a sympy node it does not know."""
+    slots: list[list[int]] = []
+    k_max, depth_max = 1, 1
+    for e in exprs:
+        params, code, depth = _slot_code(e, param_index, const)
+        k_max, depth_max = max(k_max, len(params)), max(depth_max, depth)
+        slots.append([len(params), *params, len(code), *code])
+    header = [n_in, n_w, len(exprs), k_max, depth_max]
+    return np.array(header + [v for s in slots for v in s], dtype=np.int64)
+
+
+def _slot_code(e, param_index: dict[str, int], const) -> tuple[list[int], list[int], int]:
+    """(free parameter indices, postfix code, stack depth) of one angle expression."""
+    from . import engine_kernels as K
+
+    if not (isinstance(e, ParameterExpression) and e.parameters):
+        return [], [K.A_CONST, const(np.array([float(e)]))], 1
+    sym = e.sympify()
+    free = sorted(sym.free_symbols, key=lambda s: param_index[str(s)])
+    local = {str(s): j for j, s in enumerate(free)}
+    code: list[int] = []
+    depth = [0, 0]  # current, max
+
+    def push(n: int) -> None:
+        depth[0] += n
+        depth[1] = max(depth)
+
+    def emit(node) -> None:
+        if node.is_Symbol:
+            code.extend([K.A_PARAM, local[str(node)]])
+            push(1)
+        elif node.is_number:
+            value = complex(node)
+            if value.imag:
+                raise _UnsupportedExpression(str(node))
+            code.extend([K.A_CONST, const(np.array([value.real]))])
+            push(1)
+        elif node.is_Add or node.is_Mul:
+            for arg in node.args:
+                emit(arg)
+            code.extend([K.A_ADD if node.is_Add else K.A_MUL, len(node.args)])
+            push(1 - len(node.args))
+        elif node.is_Pow:
+            emit(node.base)
+            emit(node.exp)
+            code.append(K.A_POW)
+            push(-1)
+        elif node.func.__name__ in K.FUNC_CODES and len(node.args) == 1:
+            emit(node.args[0])
+            code.extend([K.A_FUNC, K.FUNC_CODES[node.func.__name__]])
+        else:
+            raise _UnsupportedExpression(str(node))
+
+    emit(sym)
+    return [param_index[str(s)] for s in free], code, depth[1]
+
+
+class _NumbaProgram:
+    """The compiled stages of a :class:`CircuitEngine` as a flat op stream for the numba
+    kernels; the same ``forward``/``backward`` interface as :class:`_FastProgram`.
+
+    Angles (parameter expressions) stay in numpy (:class:`_NpAngles`, a handful of vectorised
+    calls); everything from the gate matrices to the readout, and the whole adjoint backward,
+    runs in one kernel call each, so a call costs a few microseconds of Python.
+    """
+
+    def __init__(self, engine: CircuitEngine, exprs: list, param_index: dict[str, int]):
+        from . import engine_kernels as K
+
+        self.kernels = K
+        self.n, self.dim = engine.n, engine.dim
+        self.n_in, self.n_w = engine.num_inputs, engine.num_weights
+        self.angles = _NpAngles(exprs, param_index, self.n_in + self.n_w)
+        prog: list[int] = []
+        perms: list[np.ndarray] = []
+        consts: list[np.ndarray] = []
+        n_const = 0
+
+        def const(values: np.ndarray) -> int:
+            nonlocal n_const
+            consts.append(np.asarray(values, dtype=complex).ravel())
+            n_const += consts[-1].size
+            return n_const - consts[-1].size
+
+        for st in engine.stages:
+            if isinstance(st, _LocalLayer):
+                chains = []
+                for q, ops in enumerate(st.per_qubit):
+                    gates: list[list[int]] = []
+                    fixed = None  # consecutive constant gates, multiplied together
+                    for kind, payload in ops + [("end", None)]:
+                        if kind == "fixed":
+                            fixed = payload if fixed is None else payload @ fixed
+                            continue
+                        if fixed is not None:
+                            gates.append([0, const(fixed), -1, -1])
+                            fixed = None
+                        if kind != "end":
+                            slots = list(payload) + [-1] * (3 - len(payload))
+                            gates.append([K.KIND_CODES[kind]] + slots)
+                    if gates:
+                        chains.append([q, len(gates)] + [v for gt in gates for v in gt])
+                if chains:
+                    prog += [K.OP_LOCAL, len(chains)] + [v for c in chains for v in c]
+            elif isinstance(st, _Monomial):
+                index = st.index.numpy().astype(np.int64)
+                perms += [index, np.argsort(index)]
+                off = -1 if st.phase is None else const(st.phase.numpy())
+                prog += [K.OP_MONO, len(perms) // 2 - 1, off]
+            else:
+                if st.matrix is not None:
+                    kind, s0 = 0, const(st.matrix[0].numpy())
+                else:
+                    kind, s0 = K.KIND_CODES[st.kind], st.slots[0]
+                prog += [K.OP_DENSE, len(st.qubits)] + list(st.qubits) + [kind, s0]
+        self.prog = np.array(prog, dtype=np.int64)
+        self.perm = np.ascontiguousarray(
+            np.stack(perms) if perms else np.zeros((0, self.dim), dtype=np.int64)
+        )
+        try:  # angle expressions compiled too, unless they use a function it does not know
+            self.aprog = _angle_code(exprs, param_index, self.n_in, self.n_w, const)
+        except _UnsupportedExpression:
+            self.aprog = None
+        self.cplx = np.concatenate(consts) if consts else np.zeros(0, dtype=complex)
+        self.readout = np.ascontiguousarray(engine.readout.numpy())
+        self.compile_seconds = _warm_kernels()
+
+    def forward(self, x: np.ndarray, w: np.ndarray, keep: bool):
+        """(outputs [B, n_obs], tape for :meth:`backward` or None)."""
+        if self.aprog is not None:  # everything in one call
+            out, tapes, ang, dang = self.kernels.forward_xw(
+                np.ascontiguousarray(x),  # one compiled specialization: C-contiguous arrays
+                np.ascontiguousarray(w),
+                self.aprog,
+                self.prog,
+                self.perm,
+                self.cplx,
+                self.readout,
+                bool(keep),
+            )
+            return out, ((ang, dang, tapes) if keep else None)
+        b = x.shape[0]
+        theta = np.empty((b, self.n_in + self.n_w))
+        theta[:, : self.n_in] = x
+        theta[:, self.n_in :] = w
+        ang, partials = self.angles.forward(theta)
+        out, states = self.kernels.forward(
+            ang, self.prog, self.perm, self.cplx, self.readout, bool(keep)
+        )
+        return out, ((ang, partials, states) if keep else None)
+
+    def backward(self, tape, g_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dL/dx [B, n_in], dL/dw [n_w]) from dL/dout [B, n_obs]."""
+        if self.aprog is not None:
+            ang, dang, tapes = tape
+            return self.kernels.backward_xw(
+                ang,
+                dang,
+                self.aprog,
+                self.prog,
+                self.perm,
+                self.cplx,
+                self.readout,
+                tapes,
+                np.ascontiguousarray(g_out),
+            )
+        ang, partials, states = tape
+        g_ang = self.kernels.backward(
+            ang, self.prog, self.perm, self.cplx, self.readout, states, np.ascontiguousarray(g_out)
+        )
+        g_theta = self.angles.backward(g_ang, partials)
+        return g_theta[:, : self.n_in], g_theta[:, self.n_in :].sum(0)

@@ -134,6 +134,59 @@ def test_aer_noisy_expectations_are_damped_by_noise():
     assert bool((torch.sign(y[big]) == torch.sign(exact[big])).all())
 
 
+def test_density_engine_matches_aer_density_matrix_values_gradients_and_readout():
+    """The torch noisy density-matrix engine (aer_noisy) == Aer's density matrix on the same
+    device noise model, and its 2-sweep parameter shift == running every shifted circuit."""
+    from qiskit import transpile
+    from qiskit_aer import AerSimulator
+    from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
+
+    from qa3c_qiskit.circuit import build_vqc
+    from qa3c_qiskit.density import NoisyDensityEstimator, _apply_readout
+    from qa3c_qiskit.qiskit_layer import BatchedParamShiftGradient
+
+    vqc = build_vqc(4, 1, "ring")
+    device = backends.fake_backend("FakeGuadalupeV2")
+    circuit = transpile(vqc.circuit, basis_gates=backends.device_basis(device), seed_transpiler=0)
+    noise, _, readout = backends.logical_noise_model(device, 4, circuit=circuit)
+    errors = backends.logical_gate_errors(device, 4, circuit)
+    assert len([k for k in errors if k[0] == "cx"]) == 4  # compact: only the ring's CX pairs
+    sim = AerSimulator(method="density_matrix", noise_model=noise)
+    values = np.random.default_rng(0).normal(size=(3, len(circuit.parameters)))
+    ours = BatchedParamShiftGradient(NoisyDensityEstimator(errors, None, shots=None))
+    aer = BatchedParamShiftGradient(AerEstimatorV2.from_backend(sim))
+    v1, g1 = ours.evaluate(circuit, vqc.observables, values)
+    v2, g2 = aer.evaluate(circuit, vqc.observables, values)
+    assert np.allclose(v1, v2, atol=1e-8) and np.allclose(g1, g2, atol=1e-8)
+    assert np.abs(g1).max() > 1e-3
+    # readout: exact outcome distribution x confusion matrices, as Aer's probabilities
+    est = NoisyDensityEstimator(errors, readout, shots=None)
+    evs = est.run([(circuit, [[o] for o in vqc.observables], values)]).result()[0].data.evs
+    prep = circuit.copy()
+    prep.save_probabilities(label="p")
+    binds = [{p: values[:, i] for i, p in enumerate(circuit.parameters)}]
+    res = sim.run([prep], shots=1, parameter_binds=binds).result()
+    probs = _apply_readout(np.stack([res.data(i)["p"] for i in range(3)]), 4, readout)
+    z = 1 - 2 * ((np.arange(16)[None, :] >> np.arange(4)[:, None]) & 1)
+    assert np.allclose(evs, z @ probs.T, atol=1e-8)
+    assert np.abs(evs - v1).max() > 1e-3  # readout errors are really applied
+
+
+def test_aer_noisy_update_is_two_calls():
+    torch.manual_seed(5)
+    model = ActorCritic(ModelSpec(4, 2, backend="aer_noisy"))
+    obs = torch.randn(2, 4, dtype=torch.float64)
+    model.act(obs[0])
+    actor, critic = model.actor.core.counter, model.critic.core.counter
+    actor.reset()
+    loss = a3c_loss(model, obs[:1], torch.tensor([1]), [1.0], obs[1], False, A3CSettings())
+    grad = local_gradient(model, loss)
+    assert actor.calls + critic.calls == 2 and actor.pubs + critic.pubs == 2
+    assert actor.circuits + critic.circuits == (1 + 2) * (1 + 2 * 64)  # counted as if run
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    model.close()
+
+
 def test_aer_device_runs_a_full_episode_on_the_routed_circuit():
     spec = ModelSpec(4, 2, backend="aer_device", shots=16)
     res = evaluate_policy(spec, None, "CartPole-v1", episodes=1)

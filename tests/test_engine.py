@@ -1,6 +1,7 @@
 """The exact ``statevector`` engine against Qiskit: values vs ``Statevector`` (1e-6), gradients vs
-qiskit-machine-learning's parameter-shift gradients (1e-5), fast path vs the autograd reference
-path (1e-10), unsupported instructions, and the weight cache of the acting path."""
+qiskit-machine-learning's parameter-shift gradients (1e-5), both fast executors (``numba`` when
+installed, ``numpy``) vs the autograd reference path (1e-10), mode selection, unsupported
+instructions, and the weight cache of the acting path."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from qiskit_machine_learning.gradients import ParamShiftEstimatorGradient
 
 from qa3c_qiskit.backends import StatevectorLayer
 from qa3c_qiskit.circuit import ENTANGLERS, build_vqc
-from qa3c_qiskit.engine import NP_GATES, PARAM_GATES, CircuitEngine
+from qa3c_qiskit.engine import NP_GATES, PARAM_GATES, CircuitEngine, engine_mode, numba_available
+
+#: the fast executors under test; the compiled one only where numba is installed
+FAST_MODES = ["numba", "numpy"] if numba_available() else ["numpy"]
 
 
 def qiskit_values(circuit, params, values, observables) -> np.ndarray:
@@ -51,10 +55,11 @@ def combine(observables, coeffs) -> SparsePauliOp:
 # ---------------------------------------------------------------------------------------------
 # The paper's circuit
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", FAST_MODES)
 @pytest.mark.parametrize("entangler", list(ENTANGLERS))
-def test_paper_circuit_values_match_statevector(entangler):
+def test_paper_circuit_values_match_statevector(entangler, mode):
     vqc = build_vqc(8, 2, entangler)
-    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables)
+    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables, mode=mode)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 8, generator=gen, dtype=torch.float64) * 2
     w = torch.randn(48, generator=gen, dtype=torch.float64) * 2
@@ -72,9 +77,10 @@ def test_paper_circuit_values_match_statevector(entangler):
             np.testing.assert_allclose(engine(x[b], w)[0].numpy(), fast[b].numpy(), atol=1e-12)
 
 
-def test_paper_circuit_gradients_match_parameter_shift():
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_paper_circuit_gradients_match_parameter_shift(mode):
     vqc = build_vqc(8, 2, "double_ring")
-    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables)
+    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables, mode=mode)
     gen = torch.Generator().manual_seed(2)
     x = (torch.randn(2, 8, generator=gen, dtype=torch.float64) * 1.5).requires_grad_()
     w = (torch.randn(48, generator=gen, dtype=torch.float64)).requires_grad_()
@@ -92,9 +98,10 @@ def test_paper_circuit_gradients_match_parameter_shift():
     np.testing.assert_allclose(gw.numpy(), gw_expected, atol=1e-5)
 
 
-def test_fast_and_reference_gradients_agree_on_paper_circuit():
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_fast_and_reference_gradients_agree_on_paper_circuit(mode):
     vqc = build_vqc(8, 2, "double_ring")
-    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables)
+    engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables, mode=mode)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(6, 8, generator=gen, dtype=torch.float64).requires_grad_()
     w = torch.randn(48, generator=gen, dtype=torch.float64).requires_grad_()
@@ -180,10 +187,11 @@ def test_random_circuits_cover_the_gate_set():
     assert set(NP_GATES) == set(PARAM_GATES)
 
 
+@pytest.mark.parametrize("mode", FAST_MODES)
 @pytest.mark.parametrize("seed", range(6))
-def test_random_circuit_values_match_statevector(seed):
+def test_random_circuit_values_match_statevector(seed, mode):
     qc, x, w, observables = random_circuit(seed)
-    engine = CircuitEngine(qc, x, w, observables)
+    engine = CircuitEngine(qc, x, w, observables, mode=mode)
     rng = np.random.default_rng(100 + seed)
     xs = torch.tensor(rng.normal(size=(3, 3)))
     ws = torch.tensor(rng.normal(size=5))
@@ -195,10 +203,11 @@ def test_random_circuit_values_match_statevector(seed):
         np.testing.assert_allclose(ref[b].numpy(), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", FAST_MODES)
 @pytest.mark.parametrize("seed", range(3))
-def test_random_circuit_gradients_match_parameter_shift(seed):
+def test_random_circuit_gradients_match_parameter_shift(seed, mode):
     qc, x, w, observables = random_circuit(seed, depth=25)
-    engine = CircuitEngine(qc, x, w, observables)
+    engine = CircuitEngine(qc, x, w, observables, mode=mode)
     rng = np.random.default_rng(200 + seed)
     xs = torch.tensor(rng.normal(size=(2, 3)), requires_grad=True)
     ws = torch.tensor(rng.normal(size=5), requires_grad=True)
@@ -214,11 +223,12 @@ def test_random_circuit_gradients_match_parameter_shift(seed):
     np.testing.assert_allclose(gw.numpy(), gw_expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", FAST_MODES)
 @pytest.mark.parametrize("seed", range(10, 20))
-def test_random_circuit_fast_path_matches_reference(seed):
+def test_random_circuit_fast_path_matches_reference(seed, mode):
     qc, x, w, observables = random_circuit(seed, n=int(3 + seed % 3), depth=30)
     observables = [SparsePauliOp("I" * (qc.num_qubits - 1) + "Z")]
-    engine = CircuitEngine(qc, x, w, observables)
+    engine = CircuitEngine(qc, x, w, observables, mode=mode)
     gen = torch.Generator().manual_seed(seed)
     xs = torch.randn(4, 3, generator=gen, dtype=torch.float64).requires_grad_()
     ws = torch.randn(5, generator=gen, dtype=torch.float64).requires_grad_()
@@ -230,7 +240,8 @@ def test_random_circuit_fast_path_matches_reference(seed):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
-def test_input_only_and_weight_only_circuits():
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_input_only_and_weight_only_circuits(mode):
     x, w = ParameterVector("x", 2), ParameterVector("w", 2)
     qc = QuantumCircuit(2)
     qc.ry(w[0], 0)  # weights before inputs: the cached layer is the product layer
@@ -238,7 +249,7 @@ def test_input_only_and_weight_only_circuits():
     qc.cx(0, 1)
     qc.rz(x[0] * x[1], 1)
     qc.h(0)
-    engine = CircuitEngine(qc, x, w, [SparsePauliOp("ZZ"), SparsePauliOp("ZI")])
+    engine = CircuitEngine(qc, x, w, [SparsePauliOp("ZZ"), SparsePauliOp("ZI")], mode=mode)
     xs = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
     ws = torch.randn(2, dtype=torch.float64, requires_grad=True)
     fast, ref = engine(xs, ws), engine.reference(xs, ws)
@@ -250,12 +261,13 @@ def test_input_only_and_weight_only_circuits():
     # a circuit with no parameters at all still returns one row per input
     qc0 = QuantumCircuit(2)
     qc0.x(1)
-    e0 = CircuitEngine(qc0, [], [], [SparsePauliOp("ZI"), SparsePauliOp("IZ")])
+    e0 = CircuitEngine(qc0, [], [], [SparsePauliOp("ZI"), SparsePauliOp("IZ")], mode=mode)
     out = e0(torch.zeros(5, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
     torch.testing.assert_close(out, torch.tensor([[-1.0, 1.0]] * 5, dtype=torch.float64))
 
 
-def test_repeated_weight_layers_and_constant_layers():
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_repeated_weight_layers_and_constant_layers(mode):
     """Weight-only layers of equal structure (evaluated together), reused weights, a layer of
     constant gates only, odd qubit count."""
     x, w = ParameterVector("x", 3), ParameterVector("w", 4)
@@ -272,7 +284,7 @@ def test_repeated_weight_layers_and_constant_layers():
         for q in range(3):
             qc.h(q)  # a local layer of constant gates only
         qc.ccx(0, 1, 2)
-    engine = CircuitEngine(qc, x, w, [SparsePauliOp("IIZ"), SparsePauliOp("ZZI")])
+    engine = CircuitEngine(qc, x, w, [SparsePauliOp("IIZ"), SparsePauliOp("ZZI")], mode=mode)
     gen = torch.Generator().manual_seed(7)
     xs = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     ws = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -286,6 +298,90 @@ def test_repeated_weight_layers_and_constant_layers():
     g_ref = torch.autograd.grad(ref.sum(), (xs, ws))
     for a, b in zip(g_fast, g_ref):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("mode", FAST_MODES)
+def test_dense_gates_and_circuits_not_starting_with_a_local_layer(mode):
+    """A 3-qubit dense unitary, two-qubit rotations first on |0...0> and on distant qubits, a
+    phased permutation first: the stage program beyond the paper's local/permutation shape."""
+    from qiskit.circuit.library import UnitaryGate
+    from qiskit.quantum_info import random_unitary
+
+    x, w = ParameterVector("x", 2), ParameterVector("w", 3)
+    qc = QuantumCircuit(4)
+    qc.rxx(x[0] * w[0], 0, 3)  # the first op: a parameterized dense gate on |0000>
+    qc.append(UnitaryGate(random_unitary(8, seed=5)), [2, 0, 3])
+    qc.ry(w[1], 1)
+    qc.cry(x[1].arctan() + w[2], 3, 1)
+    qc.iswap(1, 2)
+    qc.u(w[0], x[0], w[2] * x[1], 2)
+    observables = [SparsePauliOp("IIZZ"), SparsePauliOp("ZIII")]
+    gen = torch.Generator().manual_seed(11)
+    xs = torch.randn(3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    ws = torch.randn(3, generator=gen, dtype=torch.float64, requires_grad=True)
+    for circuit in (qc, _prefixed(qc)):
+        engine = CircuitEngine(circuit, x, w, observables, mode=mode)
+        fast, ref = engine(xs, ws), engine.reference(xs, ws)
+        expected = qiskit_values(
+            circuit, list(x) + list(w), xs[2].tolist() + ws.tolist(), observables
+        )
+        np.testing.assert_allclose(fast[2].detach().numpy(), expected, atol=1e-6)
+        torch.testing.assert_close(fast, ref, atol=1e-10, rtol=0)
+        for a, b in zip(
+            torch.autograd.grad(fast.sum(), (xs, ws)), torch.autograd.grad(ref.sum(), (xs, ws))
+        ):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+
+
+def _prefixed(qc: QuantumCircuit) -> QuantumCircuit:
+    """``qc`` after a phased permutation on |0...0> (the first op is a monomial stage)."""
+    out = QuantumCircuit(qc.num_qubits)
+    out.x(0)
+    out.cz(0, 1)
+    out.cx(0, 2)
+    return out.compose(qc)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_compiled_angle_program_and_its_numpy_fallback():
+    """The numba path evaluates the angle expressions in its kernel (all of the random circuits'
+    expressions are supported); with the numpy angle program instead it agrees too."""
+    for seed in (0, 1):
+        qc, x, w, observables = random_circuit(seed, depth=30)
+        engine = CircuitEngine(qc, x, w, observables, mode="numba")
+        assert engine.fast.aprog is not None
+        gen = torch.Generator().manual_seed(seed)
+        xs = torch.randn(3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+        ws = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+        ref = engine.reference(xs, ws)
+        g_ref = torch.autograd.grad(ref.sum(), (xs, ws))
+        for aprog in (engine.fast.aprog, None):
+            engine.fast.aprog = aprog
+            out = engine(xs, ws)
+            torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+            for a, b in zip(torch.autograd.grad(out.sum(), (xs, ws)), g_ref):
+                torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+
+
+def test_engine_mode_selection(monkeypatch):
+    """QA3C_ENGINE picks the executor; bad names are rejected naming the accepted ones; every
+    mode computes the same values."""
+    vqc = build_vqc(3, 1)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    w = torch.randn(vqc.circuit.num_parameters - 3, dtype=torch.float64)
+    outs = []
+    for mode in FAST_MODES + ["reference"]:
+        monkeypatch.setenv("QA3C_ENGINE", mode)
+        engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights)
+        assert engine.mode == mode
+        outs.append(engine(x, w))
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], atol=1e-12, rtol=0)
+    monkeypatch.setenv("QA3C_ENGINE", "gpu")
+    with pytest.raises(ValueError, match="'gpu'.*supported: numba, numpy, reference"):
+        CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights)
+    monkeypatch.delenv("QA3C_ENGINE")
+    assert engine_mode() == ("numba" if numba_available() else "numpy")
 
 
 # ---------------------------------------------------------------------------------------------

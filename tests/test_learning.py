@@ -1,6 +1,8 @@
 """Learning is real: both agents improve on CartPole with 2 workers and a fixed seed.
 
-The budget is small, so the learning rate is raised from the paper's 1e-4 to 1e-2.
+The budget is small, so the learning rate is raised from the paper's 1e-4 to 5e-3 (at 1e-2
+the classical twin sometimes collapses within 200 episodes). Asynchronous runs are not
+bitwise reproducible, so the margin is wide: seeds 0-2 all ended above 2x the first 20.
 """
 
 import json
@@ -13,11 +15,11 @@ import pytest
 from qa3c_qiskit.metrics import read_metrics
 
 
-@pytest.mark.parametrize("model, episodes", [("classical", 200), ("quantum", 200)])
+@pytest.mark.parametrize("model, episodes", [("classical", 300), ("quantum", 300)])
 def test_agent_learns_cartpole(tmp_path, model, episodes):
     cmd = [
         sys.executable, "-m", "qa3c_qiskit.train", "--env", "CartPole-v1", "--model", model,
-        "--workers", "2", "--episodes", str(episodes), "--seed", "0", "--lr", "0.01",
+        "--workers", "2", "--episodes", str(episodes), "--seed", "0", "--lr", "0.005",
         "--out", str(tmp_path), "--run-name", "run", "--quiet",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
