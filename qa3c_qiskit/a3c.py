@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .engine import limit_blas_threads
-from .envs import env_info, make_env
+from .envs import make_env
 from .models import ActorCritic, ModelSpec
 
 
@@ -102,7 +102,6 @@ def run_worker(rank: int, seed: int, env_id: str, spec: ModelSpec, settings: A3C
     limit_blas_threads(1)  # numpy's BLAS too (the statevector engine's fast path)
     gen = seed_everything(seed)
     env = make_env(env_id)
-    n_actions = env_info(env_id).n_actions if env_id.startswith("MiniGrid-") else None
     model = ActorCritic(spec)
     hub.pull(model.flat)
     first_reset = True
@@ -114,9 +113,7 @@ def run_worker(rank: int, seed: int, env_id: str, spec: ModelSpec, settings: A3C
             ep_return, ep_len = 0.0, 0
             buf_obs, buf_act, buf_rew = [], [], []
             while True:
-                action = model.act(obs, gen)
-                if n_actions is not None:
-                    action = min(action, n_actions - 1)
+                action = model.act(obs, gen)  # < spec.n_actions (6 on MiniGrid: "done" never)
                 obs_np, reward, terminated, truncated, _ = env.step(action)
                 next_obs = torch.from_numpy(obs_np)
                 ep_return += float(reward)
@@ -145,9 +142,7 @@ def run_worker(rank: int, seed: int, env_id: str, spec: ModelSpec, settings: A3C
             )
     finally:
         env.close()
-        close = getattr(model, "close", None)
-        if close is not None:
-            close()
+        model.close()
 
 
 def _update(model, hub, settings, buf_obs, buf_act, buf_rew, next_obs, terminated):

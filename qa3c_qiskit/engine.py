@@ -195,23 +195,31 @@ class _AngleProgram:
         return out if self.identity_order else out[:, self.order]
 
 
+def _expression_template(e, param_index: dict[str, int]):
+    """(group key, parameter indices, sympy template, placeholder symbols) of an angle.
+
+    Angles with the same symbolic shape (e.g. ``arctan(x[i]**2)`` for every i) share a key, so
+    each shape is evaluated once for all its slots. A bare parameter has key ``"identity"``.
+    """
+    if isinstance(e, Parameter):
+        return "identity", [param_index[e.name]], None, None
+    sym = e.sympify()
+    free = sorted(sym.free_symbols, key=lambda s: param_index[str(s)])
+    idx = [param_index[str(s)] for s in free]
+    dummies = sympy.symbols(f"_a0:{len(free)}")
+    template = sym.xreplace(dict(zip(free, dummies)))
+    return sympy.srepr(template), idx, template, dummies
+
+
 def _compile_angles(exprs: list, param_index: dict[str, int]) -> _AngleProgram:
     prog = _AngleProgram(n_slots=len(exprs))
     by_key: dict[str, tuple[object, list, list]] = {}
     for slot, e in enumerate(exprs):
         if isinstance(e, ParameterExpression) and e.parameters:
-            if isinstance(e, Parameter):
-                key, fn, idx = "identity", None, [param_index[e.name]]
-            else:
-                sym = e.sympify()
-                free = sorted(sym.free_symbols, key=lambda s: param_index[str(s)])
-                idx = [param_index[str(s)] for s in free]
-                dummies = sympy.symbols(f"_a0:{len(free)}")
-                template = sym.xreplace(dict(zip(free, dummies)))
-                key = sympy.srepr(template)
-                fn = None
-                if key not in by_key:
-                    fn = sympy.lambdify(dummies, template, modules=[_TORCH_FUNCS, "math"])
+            key, idx, template, dummies = _expression_template(e, param_index)
+            fn = None
+            if template is not None and key not in by_key:
+                fn = sympy.lambdify(dummies, template, modules=[_TORCH_FUNCS, "math"])
             entry = by_key.setdefault(key, (fn, [], []))
             entry[1].append(idx)
             entry[2].append(slot)
@@ -729,15 +737,7 @@ class _NpAngles:
                 self.const_slots.append(slot)
                 const_vals.append(float(e))
                 continue
-            if isinstance(e, Parameter):
-                key, idx, template, dummies = "identity", [param_index[e.name]], None, None
-            else:
-                sym = e.sympify()
-                free = sorted(sym.free_symbols, key=lambda s: param_index[str(s)])
-                idx = [param_index[str(s)] for s in free]
-                dummies = sympy.symbols(f"_a0:{len(free)}")
-                template = sym.xreplace(dict(zip(free, dummies)))
-                key = sympy.srepr(template)
+            key, idx, template, dummies = _expression_template(e, param_index)
             entry = groups.setdefault(key, [template, dummies, [], []])
             entry[2].append(idx)
             entry[3].append(slot)
