@@ -298,7 +298,7 @@ class CircuitEngine:
     """Exact, batched, differentiable simulation of a parameterized ``QuantumCircuit``.
 
     ``engine(x, w)`` takes inputs ``x`` of shape ``[B, len(input_params)]`` and weights ``w`` of
-    shape ``[len(weight_params)]`` and returns the expectation values of ``observables``
+    shape ``[len(weight_params)]`` (shared) or ``[B, len(weight_params)]`` (per sample) and returns the expectation values of ``observables``
     (diagonal Pauli strings, ``Z_i`` on each qubit by default) as a ``[B, n_obs]`` float64
     tensor, differentiable with respect to both.
 
@@ -411,15 +411,19 @@ class CircuitEngine:
     def _check(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if x.dim() == 1:
             x = x[None]
-        if x.dim() != 2 or x.shape[-1] != self.num_inputs or w.shape != (self.num_weights,):
+        ok = x.dim() == 2 and x.shape[-1] == self.num_inputs
+        ok = ok and (w.shape == (self.num_weights,) or w.shape == (x.shape[0], self.num_weights))
+        if not ok:
             raise ValueError(
-                f"expected inputs [B, {self.num_inputs}] and weights [{self.num_weights}], "
-                f"got {tuple(x.shape)} and {tuple(w.shape)}"
+                f"expected inputs [B, {self.num_inputs}] and weights [{self.num_weights}] "
+                f"or [B, {self.num_weights}], got {tuple(x.shape)} and {tuple(w.shape)}"
             )
         return x
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """<observables> for inputs ``x`` [B, n_in] and weights ``w`` [n_w]: [B, n_obs] float64.
+        """<observables> for inputs ``x`` [B, n_in] and weights ``w`` [n_w] (shared by every row)
+        or [B, n_w] (one weight vector per row): [B, n_obs] float64. The weight gradient has the
+        shape of ``w``: summed over the batch for shared weights, per row otherwise.
 
         Fast path (mode ``numba`` or ``numpy``): forward and adjoint backward in one autograd
         function; mode ``reference``: :meth:`reference`.
@@ -436,7 +440,9 @@ class CircuitEngine:
         """The same as ``engine(x, w)``, executed as plain torch ops differentiated by autograd."""
         x = self._check(x, w)
         batch = x.shape[0]
-        theta = torch.cat([x.to(RDTYPE), w.to(RDTYPE).expand(batch, -1)], dim=1)
+        theta = torch.cat(
+            [x.to(RDTYPE), w.to(RDTYPE).expand(batch, -1)], dim=1
+        )  # w: [n_w] or [B, n_w]
         angles = self.angles(theta) if self.angles.n_slots else theta[:, :0]
         state = None
         for st in self.stages:
@@ -1008,7 +1014,8 @@ class _FastProgram:
         theta[:, : self.n_in] = x
         theta[:, self.n_in :] = w
         ang, partials = self.angles.forward(theta)
-        cached = self._weight_layers(w, ang[:1])
+        per_sample = w.ndim == 2  # one weight vector per row: no weight-only layer is shared
+        cached = [None] * len(self.stages) if per_sample else self._weight_layers(w, ang[:1])
         psi = None
         tape = []
         for st, mats in zip(self.stages, cached):
@@ -1025,7 +1032,7 @@ class _FastProgram:
                 if st[0] == "monomial":
                     psi = psi[:, st[1]] if st[3] is None else psi[:, st[1]] * st[3]
                 else:
-                    mats = self._dense_matrix(st, ang, keep)
+                    mats = self._dense_matrix(st, ang, keep, per_sample)
                     psi = self._apply_dense(st[1], mats[0], psi)
             if keep:
                 tape.append((psi_in, psi, mats))
@@ -1035,7 +1042,7 @@ class _FastProgram:
         out = np.square(np.ascontiguousarray(psi).view(np.float64)) @ self.readout2  # |psi|^2 R
         if out.shape[0] != b:
             out = np.broadcast_to(out, (b, out.shape[1])).copy()
-        return out, ((theta, ang, partials, psi, tape) if keep else None)
+        return out, ((theta, ang, partials, psi, tape, per_sample) if keep else None)
 
     def _reduced(self, gm: np.ndarray, sc: np.ndarray, b: int) -> np.ndarray:
         """Per-qubit 2x2 reduced operators Tr_other(g psi^dagger): [b, n, 2, 2], qubit order.
@@ -1056,11 +1063,11 @@ class _FastProgram:
         return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     @staticmethod
-    def _dense_matrix(st, ang, derivs):
+    def _dense_matrix(st, ang, derivs, per_sample=False):
         _, qubits, mat, kind, slots, dep = st
         if mat is not None:
             return mat[None], None
-        a = ang if dep else ang[:1]
+        a = ang if dep or per_sample else ang[:1]
         return NP_GATES[kind](*[a[:, s] for s in slots], derivs=derivs)
 
     def _dense_view(self, qubits: list[int], psi: np.ndarray) -> np.ndarray:
@@ -1086,7 +1093,7 @@ class _FastProgram:
 
         Adjoint convention: ``g`` is the complex gradient with dL = Re(sum conj(g) dpsi).
         """
-        theta, ang, partials, psi, stages = tape
+        theta, ang, partials, psi, stages, per_sample = tape
         g_ang = np.zeros_like(ang)
         g = 2 * psi * (g_out @ self.readout.T)  # [B, dim]
         lo = self.n // 2
@@ -1122,7 +1129,8 @@ class _FastProgram:
                         g_ang[: val.shape[0], slots[a]] += val
                 g = self._apply_dense(qubits, u.conj().swapaxes(-1, -2), g)
         g_theta = self.angles.backward(g_ang, partials)
-        return g_theta[:, : self.n_in], g_theta[:, self.n_in :].sum(0)
+        gw = g_theta[:, self.n_in :]
+        return g_theta[:, : self.n_in], (gw if per_sample else gw.sum(0))
 
 
 class _AdjointFunction(torch.autograd.Function):
@@ -1170,8 +1178,13 @@ def _warm_kernels() -> float:
     aprog = np.array([1, 0, 1, 1, 1, 1, 0, 2, K.A_PARAM, 0], dtype=np.int64)
     x = np.zeros((1, 1))
     for keep in (False, True):
-        _, tapes, ang, dang = K.forward_xw(x, np.zeros(0), aprog, prog, perm, cplx, readout, keep)
-    K.backward_xw(ang, dang, aprog, prog, perm, cplx, readout, tapes, np.ones((1, 1)))
+        _, tapes, ang, dang = K.forward_xw(
+            x, np.zeros((1, 0)), aprog, prog, perm, cplx, readout, keep
+        )
+    for per_sample in (False, True):
+        K.backward_xw(
+            ang, dang, aprog, prog, perm, cplx, readout, tapes, np.ones((1, 1)), per_sample
+        )
     _KERNELS_READY = True
     return time.perf_counter() - t0
 
@@ -1315,7 +1328,7 @@ class _NumbaProgram:
         if self.aprog is not None:  # everything in one call
             out, tapes, ang, dang = self.kernels.forward_xw(
                 np.ascontiguousarray(x),  # one compiled specialization: C-contiguous arrays
-                np.ascontiguousarray(w),
+                np.ascontiguousarray(w if w.ndim == 2 else w[None]),  # [1 or B, n_w]
                 self.aprog,
                 self.prog,
                 self.perm,
@@ -1323,7 +1336,7 @@ class _NumbaProgram:
                 self.readout,
                 bool(keep),
             )
-            return out, ((ang, dang, tapes) if keep else None)
+            return out, ((ang, dang, tapes, w.ndim == 2) if keep else None)
         b = x.shape[0]
         theta = np.empty((b, self.n_in + self.n_w))
         theta[:, : self.n_in] = x
@@ -1332,13 +1345,13 @@ class _NumbaProgram:
         out, states = self.kernels.forward(
             ang, self.prog, self.perm, self.cplx, self.readout, bool(keep)
         )
-        return out, ((ang, partials, states) if keep else None)
+        return out, ((ang, partials, states, w.ndim == 2) if keep else None)
 
     def backward(self, tape, g_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(dL/dx [B, n_in], dL/dw [n_w]) from dL/dout [B, n_obs]."""
         if self.aprog is not None:
-            ang, dang, tapes = tape
-            return self.kernels.backward_xw(
+            ang, dang, tapes, per_sample = tape
+            gx, gw = self.kernels.backward_xw(
                 ang,
                 dang,
                 self.aprog,
@@ -1348,10 +1361,13 @@ class _NumbaProgram:
                 self.readout,
                 tapes,
                 np.ascontiguousarray(g_out),
+                per_sample,
             )
-        ang, partials, states = tape
+            return gx, (gw if per_sample else gw[0])
+        ang, partials, states, per_sample = tape
         g_ang = self.kernels.backward(
             ang, self.prog, self.perm, self.cplx, self.readout, states, np.ascontiguousarray(g_out)
         )
         g_theta = self.angles.backward(g_ang, partials)
-        return g_theta[:, : self.n_in], g_theta[:, self.n_in :].sum(0)
+        gw = g_theta[:, self.n_in :]
+        return g_theta[:, : self.n_in], (gw if per_sample else gw.sum(0))

@@ -529,7 +529,7 @@ def _func(f, a):
 @njit(**_JIT)
 def angles(x, w, aprog, cplx, keep):
     """(angles [B, n_slots], d angle / d its free parameters [B, n_slots, k_max] if ``keep``)
-    from inputs ``x`` [B, n_in] and weights ``w`` [n_w].
+    from inputs ``x`` [B, n_in] and weights ``w`` [1, n_w] (shared) or [B, n_w] (per sample).
 
     ``aprog`` = ``[n_in, n_w, n_slots, k_max, depth]`` then per slot ``[k, p_0 .. p_{k-1},
     code_len, code...]``: the slot's free parameters (indices into x then w) and its postfix
@@ -538,6 +538,7 @@ def angles(x, w, aprog, cplx, keep):
     """
     n_in, n_slots, k_max, depth = aprog[0], aprog[2], aprog[3], aprog[4]
     b_rows = x.shape[0]
+    shared = w.shape[0] == 1
     ang = np.empty((b_rows, n_slots))
     dang = np.zeros((b_rows if keep else 0, n_slots, k_max))
     vals = np.empty(depth)
@@ -556,7 +557,10 @@ def angles(x, w, aprog, cplx, keep):
                 if op == A_PARAM:
                     j = aprog[pc + 1]
                     p = aprog[p0 + j]
-                    vals[sp] = x[b, p] if p < n_in else w[p - n_in]
+                    if p < n_in:
+                        vals[sp] = x[b, p]
+                    else:
+                        vals[sp] = w[0 if shared else b, p - n_in]
                     grads[sp, :k] = 0.0
                     grads[sp, j] = 1.0
                     sp += 1
@@ -612,13 +616,15 @@ def angles(x, w, aprog, cplx, keep):
 
 
 @njit(**_JIT)
-def angles_backward(g_ang, dang, aprog):
-    """(dL/dx [B, n_in], dL/dw [n_w]) from dL/d angles [B, n_slots]."""
+def angles_backward(g_ang, dang, aprog, per_sample):
+    """(dL/dx [B, n_in], dL/dw) from dL/d angles [B, n_slots]; dL/dw is [B, n_w] if
+    ``per_sample``, else [1, n_w] (summed over the batch)."""
     n_in, n_w, n_slots = aprog[0], aprog[1], aprog[2]
     b_rows = g_ang.shape[0]
     gx = np.zeros((b_rows, n_in))
-    gw = np.zeros(n_w)
+    gw_all = np.zeros((b_rows if per_sample else 1, n_w))
     for b in range(b_rows):
+        gw = gw_all[b if per_sample else 0]
         pc = 5
         for s in range(n_slots):
             k = aprog[pc]
@@ -631,12 +637,12 @@ def angles_backward(g_ang, dang, aprog):
                     gw[p - n_in] += g * dang[b, s, j]
             pc += 1 + k
             pc += 1 + aprog[pc]
-    return gx, gw
+    return gx, gw_all
 
 
 @njit(**_JIT)
 def forward_xw(x, w, aprog, prog, perm, cplx, readout, keep):
-    """:func:`forward` with the angles computed from ``x`` [B, n_in] and ``w`` [n_w]:
+    """:func:`forward` with the angles computed from ``x`` [B, n_in] and ``w`` [1 or B, n_w]:
     (outputs [B, n_obs], tapes, angles, their derivatives)."""
     ang, dang = angles(x, w, aprog, cplx, keep)
     out, tapes = forward(ang, prog, perm, cplx, readout, keep)
@@ -644,7 +650,8 @@ def forward_xw(x, w, aprog, prog, perm, cplx, readout, keep):
 
 
 @njit(**_JIT)
-def backward_xw(ang, dang, aprog, prog, perm, cplx, readout, tapes, g_out):
-    """(dL/dx [B, n_in], dL/dw [n_w]) from dL/d outputs ``g_out`` [B, n_obs]."""
+def backward_xw(ang, dang, aprog, prog, perm, cplx, readout, tapes, g_out, per_sample):
+    """(dL/dx [B, n_in], dL/dw: [B, n_w] if ``per_sample`` else [1, n_w]) from dL/d outputs
+    ``g_out`` [B, n_obs]."""
     g_ang = backward(ang, prog, perm, cplx, readout, tapes, g_out)
-    return angles_backward(g_ang, dang, aprog)
+    return angles_backward(g_ang, dang, aprog, per_sample)
