@@ -1,24 +1,45 @@
-"""Algorithm 1 (paper Appendix A): one actor-learner's loop, independent of how it is hosted.
+"""Algorithm 1 (paper Appendix A): the actor-learners hosted by one process.
 
-A worker owns a local :class:`~qa3c_qiskit.models.ActorCritic`, its own environment, seed and
-quantum backend. It talks to the global shared model only through a *hub* (local shared memory
-in :mod:`qa3c_qiskit.runners.local`, a Ray parameter server in :mod:`qa3c_qiskit.runners.ray`):
+A process hosts K >= 1 **actor-learners** (the paper's "agents"; K = 1 is classic A3C with one
+agent per process). Each learner owns its environment, its seed and generator, its local copy
+``theta'`` of the global parameters and its S-step segment. The process talks to the global
+shared model only through a *hub* (shared memory in :mod:`qa3c_qiskit.runners.local`, a Ray
+parameter server in :mod:`qa3c_qiskit.runners.ray`):
 
 * ``hub.claim_episode() -> bool``: take one episode of the global budget T_max (False: stop);
-* ``hub.push_pull(grad, local_flat) -> None``: apply ``grad`` (the local gradient of *this*
-  update) to the global parameters with the shared Adam, then copy the global parameters into
-  ``local_flat``;
+* ``hub.push_pull(grad, local_flat)``: one shared-Adam step of the global parameters with
+  ``grad`` (the gradient of *one* learner's segment), then copy the global parameters into
+  ``local_flat`` (that learner's ``theta'``);
 * ``hub.pull(local_flat)``: copy the global parameters into ``local_flat``;
 * ``hub.add_steps(n) -> int``: count env steps, return the global total;
-* ``hub.episode_done(record: dict)``: report one finished episode;
+* ``hub.episodes_done(records: list[dict])``: report finished episodes (one message per env
+  step, however many learners finished);
 * ``hub.should_stop() -> bool``; ``hub.nonfinite()``: count a skipped update.
+
+Semantics of K learners in one process (a legal interleaving of K asynchronous agents):
+
+1. The learners step their environments in lockstep. At every env step one batched actor call
+   evaluates pi(.|s_l; theta'_l) for every active learner ``l``, each with **its own**
+   ``theta'_l`` (per-sample parameters, :meth:`ActorCritic.batched_logits`), and each learner
+   samples its action with its own generator.
+2. A learner's ``theta'_l`` is constant over its segment: it changes only at its own pull, right
+   after its own push, exactly as in Algorithm 1 (so there is no policy lag as in GA3C: every
+   gradient is taken at the parameters that chose the segment's actions).
+3. When segments close at an env step (S steps, or the episode's end), one batched forward and
+   backward pass computes **each closed learner's own gradient** of its own segment loss at its
+   own ``theta'_l`` (per-learner parameter copies, never a sum over learners). Then, in learner
+   order, each gradient is applied as its own shared-Adam step and immediately followed by that
+   learner's pull. That is the sequence of lock acquisitions K separate processes produce when
+   their segments close at the same moment; learners that did not close keep their ``theta'``.
+4. Episode claims are per learner (an episode is claimed before it starts, so exactly T_max
+   episodes finish); a learner whose claim fails goes idle, the process ends when all are idle.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,7 +55,7 @@ class NonFiniteError(FloatingPointError):
 
 @dataclass(frozen=True)
 class A3CSettings:
-    """The learning hyperparameters a worker needs (paper defaults)."""
+    """The learning hyperparameters a learner needs (paper defaults)."""
 
     gamma: float = 0.9
     update_every: int = 5
@@ -53,6 +74,18 @@ def n_step_returns(rewards: list[float], bootstrap: float, gamma: float) -> torc
     return torch.from_numpy(out)
 
 
+def _per_step_loss(logits, values, actions, returns, entropy_coef):
+    """``(R - V)^2 - log pi(a|s) (R - V).detach() - beta H`` per step."""
+    td = returns - values
+    log_probs = torch.log_softmax(logits, dim=-1)
+    chosen = log_probs.gather(1, actions[:, None]).squeeze(1)
+    per_step = td.square() - chosen * td.detach()
+    if entropy_coef:
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        per_step = per_step - entropy_coef * entropy
+    return per_step
+
+
 def a3c_loss(
     model: ActorCritic,
     obs: torch.Tensor,
@@ -62,23 +95,19 @@ def a3c_loss(
     terminated: bool,
     settings: A3CSettings,
 ) -> torch.Tensor:
-    """The actor-critic loss of one segment of up to S steps.
+    """The actor-critic loss of one segment of up to S steps, with the model's own parameters.
 
     ``sum_i [(R_i - V(s_i))^2 - log pi(a_i|s_i) (R_i - V(s_i)).detach() - beta H(pi(.|s_i))]``,
     averaged over the segment when ``loss_reduction == 'mean'`` (the public QA3C code). The
-    critic evaluates the segment's states and the bootstrap state in one batched call; the
-    bootstrap value is 0 if the segment ended in a terminal state (not on time-limit truncation).
+    bootstrap value is 0 if the segment ended in a terminal state (not on time-limit
+    truncation). The reference for :func:`segment_gradients` (tested equal).
     """
     values = model.value(torch.cat([obs, next_obs[None]]))
     bootstrap = 0.0 if terminated else float(values[-1].detach())
     returns = n_step_returns(rewards, bootstrap, settings.gamma)
-    td = returns - values[:-1]
-    log_probs = torch.log_softmax(model.logits(obs), dim=-1)
-    chosen = log_probs.gather(1, actions[:, None]).squeeze(1)
-    per_step = td.square() - chosen * td.detach()
-    if settings.entropy_coef:
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        per_step = per_step - settings.entropy_coef * entropy
+    per_step = _per_step_loss(
+        model.logits(obs), values[:-1], actions, returns, settings.entropy_coef
+    )
     return per_step.mean() if settings.loss_reduction == "mean" else per_step.sum()
 
 
@@ -89,6 +118,54 @@ def local_gradient(model: ActorCritic, loss: torch.Tensor) -> torch.Tensor:
     return model.flat_grad
 
 
+@dataclass
+class Segment:
+    """One learner's closed segment: up to S transitions and where it ended."""
+
+    obs: list[torch.Tensor]
+    actions: list[int]
+    rewards: list[float]
+    next_obs: torch.Tensor
+    terminated: bool
+
+
+def segment_gradients(
+    model: ActorCritic, thetas: torch.Tensor, segments: list[Segment], settings: A3CSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each segment's own loss gradient at its own parameters, in one batched pass.
+
+    ``thetas`` [J, n_params]: segment ``j``'s parameters. Returns (gradients [J, n_params],
+    losses [J]). Every sample is evaluated with its segment's row of a per-segment copy of
+    ``thetas``, so the backward pass of the summed losses leaves in row ``j`` the gradient of
+    segment ``j``'s loss alone (its loss does not depend on the other rows).
+    """
+    n_seg = len(segments)
+    theta = thetas.detach().clone().requires_grad_(True)
+    lens = torch.tensor([len(s.obs) for s in segments])
+    seg_of_step = torch.repeat_interleave(torch.arange(n_seg), lens)
+    obs = torch.stack([o for s in segments for o in s.obs])
+    boot_obs = torch.stack([s.next_obs for s in segments])
+    values = model.batched_values(
+        theta[torch.cat([seg_of_step, torch.arange(n_seg)])], torch.cat([obs, boot_obs])
+    )
+    n = obs.shape[0]
+    boot = values[n:].detach()
+    returns = torch.cat(
+        [
+            n_step_returns(s.rewards, 0.0 if s.terminated else float(boot[j]), settings.gamma)
+            for j, s in enumerate(segments)
+        ]
+    )
+    actions = torch.tensor([a for s in segments for a in s.actions], dtype=torch.long)
+    logits = model.batched_logits(theta[seg_of_step], obs)
+    per_step = _per_step_loss(logits, values[:n], actions, returns, settings.entropy_coef)
+    losses = torch.zeros(n_seg, dtype=per_step.dtype).index_add(0, seg_of_step, per_step)
+    if settings.loss_reduction == "mean":
+        losses = losses / lens
+    losses.sum().backward()
+    return theta.grad, losses.detach()
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -96,70 +173,133 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def run_worker(rank: int, seed: int, env_id: str, spec: ModelSpec, settings: A3CSettings, hub):
-    """Algorithm 1 for one actor-learner until the global episode budget is used up."""
+@dataclass
+class Learner:
+    """One actor-learner's state inside a process."""
+
+    lid: int  # global learner id (0 .. N-1)
+    seed: int
+    env: object
+    gen: torch.Generator
+    slot: int  # its row in the process's parameter table
+    first_reset: bool = True
+    obs: torch.Tensor | None = None
+    ep_return: float = 0.0
+    ep_len: int = 0
+    buf_obs: list = field(default_factory=list)
+    buf_act: list = field(default_factory=list)
+    buf_rew: list = field(default_factory=list)
+
+    def start_episode(self) -> None:
+        obs_np, _ = self.env.reset(seed=self.seed if self.first_reset else None)
+        self.first_reset = False
+        self.obs = torch.from_numpy(obs_np)
+        self.ep_return, self.ep_len = 0.0, 0
+
+
+def run_learners(
+    rank: int,
+    learners: list[tuple[int, int]],
+    env_id: str,
+    spec: ModelSpec,
+    settings: A3CSettings,
+    hub,
+) -> None:
+    """Algorithm 1 for the ``learners`` [(learner id, seed), ...] of process ``rank`` until the
+    global episode budget is used up or the hub says stop."""
     torch.set_num_threads(1)
     limit_blas_threads(1)  # numpy's BLAS too (the statevector engine's fast path)
-    gen = seed_everything(seed)
-    env = make_env(env_id)
+    gen = seed_everything(learners[0][1])
     model = ActorCritic(spec)
     hub.pull(model.flat)
-    first_reset = True
+    thetas = model.flat.detach().repeat(len(learners), 1)  # row l: learner l's theta'
+    group = []
+    for slot, (lid, seed) in enumerate(learners):
+        g = gen if slot == 0 else torch.Generator().manual_seed(seed)
+        group.append(Learner(lid, seed, make_env(env_id), g, slot))
     try:
-        while not hub.should_stop() and hub.claim_episode():
-            obs_np, _ = env.reset(seed=seed if first_reset else None)
-            first_reset = False
-            obs = torch.from_numpy(obs_np)
-            ep_return, ep_len = 0.0, 0
-            buf_obs, buf_act, buf_rew = [], [], []
-            while True:
-                action = model.act(obs, gen)  # < spec.n_actions (6 on MiniGrid: "done" never)
-                obs_np, reward, terminated, truncated, _ = env.step(action)
-                next_obs = torch.from_numpy(obs_np)
-                ep_return += float(reward)
-                ep_len += 1
-                buf_obs.append(obs)
-                buf_act.append(action)
-                buf_rew.append(float(reward))
-                done = terminated or truncated
-                if len(buf_obs) == settings.update_every or done:
-                    _update(model, hub, settings, buf_obs, buf_act, buf_rew, next_obs, terminated)
-                    env_steps = hub.add_steps(len(buf_obs))
-                    buf_obs, buf_act, buf_rew = [], [], []
-                obs = next_obs
-                if done:
-                    break
-                if hub.should_stop():
-                    return
-            hub.episode_done(
-                {
-                    "worker": rank,
-                    "return": ep_return,
-                    "length": ep_len,
-                    "time": time.time(),
-                    "env_steps": env_steps,
-                }
-            )
+        _loop(rank, group, thetas, model, settings, hub)
     finally:
-        env.close()
+        for learner in group:
+            learner.env.close()
         model.close()
 
 
-def _update(model, hub, settings, buf_obs, buf_act, buf_rew, next_obs, terminated):
-    loss = a3c_loss(
-        model,
-        torch.stack(buf_obs),
-        torch.tensor(buf_act, dtype=torch.long),
-        buf_rew,
-        next_obs,
-        terminated,
-        settings,
-    )
-    grad = local_gradient(model, loss)
-    if not bool(torch.isfinite(grad).all()) or not bool(torch.isfinite(loss)):
-        if settings.on_nonfinite == "raise":
-            raise NonFiniteError(f"non-finite loss or gradient (loss={float(loss)})")
-        hub.nonfinite()
-        hub.pull(model.flat)
-        return
-    hub.push_pull(grad, model.flat)
+def _claim_and_start(learner: Learner, hub) -> bool:
+    if hub.should_stop() or not hub.claim_episode():
+        return False
+    learner.start_episode()
+    return True
+
+
+def _loop(rank, group, thetas, model, settings, hub) -> None:
+    active = [learner for learner in group if _claim_and_start(learner, hub)]
+    env_steps = 0
+    while active:
+        slots = [learner.slot for learner in active]
+        obs = torch.stack([learner.obs for learner in active])
+        with torch.no_grad():
+            probs = torch.softmax(model.batched_logits(thetas[slots], obs), dim=-1)
+        closed: list[tuple[Learner, Segment]] = []
+        finished: list[Learner] = []
+        for j, learner in enumerate(active):
+            # < spec.n_actions (6 on MiniGrid: "done" is never chosen)
+            action = int(torch.multinomial(probs[j], 1, generator=learner.gen))
+            obs_np, reward, terminated, truncated, _ = learner.env.step(action)
+            next_obs = torch.from_numpy(obs_np)
+            learner.ep_return += float(reward)
+            learner.ep_len += 1
+            learner.buf_obs.append(learner.obs)
+            learner.buf_act.append(action)
+            learner.buf_rew.append(float(reward))
+            done = terminated or truncated
+            if len(learner.buf_obs) == settings.update_every or done:
+                seg = Segment(
+                    learner.buf_obs, learner.buf_act, learner.buf_rew, next_obs, terminated
+                )
+                closed.append((learner, seg))
+                learner.buf_obs, learner.buf_act, learner.buf_rew = [], [], []
+            learner.obs = next_obs
+            if done:
+                finished.append(learner)
+        if closed:
+            _update(model, thetas, closed, settings, hub)
+            env_steps = hub.add_steps(sum(len(seg.obs) for _, seg in closed))
+        if finished:
+            now = time.time()
+            hub.episodes_done(
+                [
+                    {
+                        "worker": rank,
+                        "learner": learner.lid,
+                        "return": learner.ep_return,
+                        "length": learner.ep_len,
+                        "time": now,
+                        "env_steps": env_steps,
+                    }
+                    for learner in finished
+                ]
+            )
+            done_ids = {id(learner) for learner in finished}
+            active = [
+                learner
+                for learner in active
+                if id(learner) not in done_ids or _claim_and_start(learner, hub)
+            ]
+        elif hub.should_stop():
+            return
+
+
+def _update(model, thetas, closed, settings, hub) -> None:
+    """Each closed learner's own gradient, then per learner: one shared-Adam step + its pull."""
+    slots = [learner.slot for learner, _ in closed]
+    grads, losses = segment_gradients(model, thetas[slots], [seg for _, seg in closed], settings)
+    for j, slot in enumerate(slots):
+        grad = grads[j]
+        if not bool(torch.isfinite(grad).all()) or not bool(torch.isfinite(losses[j])):
+            if settings.on_nonfinite == "raise":
+                raise NonFiniteError(f"non-finite loss or gradient (loss={float(losses[j])})")
+            hub.nonfinite()
+            hub.pull(thetas[slot])
+            continue
+        hub.push_pull(grad, thetas[slot])

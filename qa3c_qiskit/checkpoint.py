@@ -19,7 +19,7 @@ import io
 import os
 import random
 import time
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ FORMAT = 1
 RESUME_MUTABLE = {
     "episodes",
     "workers",
+    "learners",
     "out",
     "run_name",
     "runner",
@@ -52,11 +53,64 @@ class CheckpointError(ValueError):
     """A checkpoint (or the run folder around it) is missing, truncated, corrupt or foreign."""
 
 
-def worker_seed(seed: int, rank: int, resume_count: int = 0, restart: int = 0) -> int:
-    """Seed of worker ``rank``: ``seed + rank`` on a fresh run (the paper setup); each resume
-    adds 1000 and each restart of that worker within one session adds 100,000, so a resumed or
-    restarted worker never replays the episodes of its predecessor."""
-    return seed + rank + 1000 * resume_count + 100_000 * restart
+def learner_seed(seed: int, learner: int, resume_count: int = 0, restart: int = 0) -> int:
+    """Seed of actor-learner ``learner``: ``seed + learner`` on a fresh run (with one learner
+    per process, learner = worker rank: the paper setup); each resume adds 1000 and each restart
+    of its process within one session adds 100,000, so a resumed or restarted learner never
+    replays the episodes of its predecessor."""
+    return seed + learner + 1000 * resume_count + 100_000 * restart
+
+
+@dataclass
+class RunState:
+    """Everything a run has done so far; saved as the checkpoint, restored on ``--resume``.
+
+    The runner updates the counters, parameters, Adam state, seed log and restarts (its
+    ``sync()`` and its process starts); the trainer counts ``episodes_done`` as it writes
+    metrics rows and adds wall time.
+    """
+
+    flat: torch.Tensor
+    adam: dict | None = None
+    episodes_done: int = 0
+    env_steps: int = 0
+    nonfinite: int = 0  # skipped non-finite updates
+    restarts: int = 0
+    resume_count: int = 0
+    wall_time_s: float = 0.0
+    seed_log: list = field(default_factory=list)  # every process started: seeds, pid, restart
+
+    def to_checkpoint(self, config: dict, spec: dict, final: bool) -> dict:
+        return {
+            "episodes_done": self.episodes_done,
+            "env_steps": self.env_steps,
+            "nonfinite_updates_skipped": self.nonfinite,
+            "restarts": self.restarts,
+            "resume_count": self.resume_count,
+            "wall_time_s": self.wall_time_s,
+            "flat": self.flat.clone(),
+            "adam": self.adam,
+            "rng": rng_states(),
+            "worker_seeds": list(self.seed_log),
+            "config": config,
+            "spec": spec,
+            "final": final,
+        }
+
+    @classmethod
+    def resumed(cls, ckpt: dict) -> RunState:
+        """The state to continue ``ckpt`` with (one more resume)."""
+        return cls(
+            flat=ckpt["flat"].clone(),
+            adam=ckpt["adam"],
+            episodes_done=ckpt["episodes_done"],
+            env_steps=ckpt["env_steps"],
+            nonfinite=ckpt["nonfinite_updates_skipped"],
+            restarts=ckpt["restarts"],
+            resume_count=ckpt["resume_count"] + 1,
+            wall_time_s=ckpt["wall_time_s"],
+            seed_log=list(ckpt["worker_seeds"]),
+        )
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -92,6 +146,23 @@ def save_checkpoint(path: Path, state: dict) -> int:
         raise
     _fsync_dir(path.parent)
     return len(header) + len(payload)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save(obj, path)`` atomically: temp file in the same folder, fsync, rename, so a
+    crash mid-write leaves the previous file intact (used for ``model.pt``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -29,10 +29,15 @@ class TrainConfig:
         "quantum backend name or path to a profile TOML (python -m qa3c_qiskit.backends lists them)",
     )
     workers: int = _opt(
-        os.cpu_count() or 1, "number of worker processes (actor-learners); default: number of cores"
+        os.cpu_count() or 1, "number of worker processes (units of CPU); default: number of cores"
+    )
+    learners: int | None = _opt(
+        None,
+        "actor-learners in all (Algorithm 1's agents; paper: 80), spread over the --workers "
+        "processes; default: one per worker",
     )
     episodes: int = _opt(100_000, "global episode budget T_max (paper: 100,000)")
-    seed: int = _opt(0, "base seed; worker `rank` uses seed + rank")
+    seed: int = _opt(0, "base seed; actor-learner `i` uses seed + i")
     out: str = _opt("runs", "parent folder of the run directory")
     run_name: str | None = _opt(
         None, "run directory name (default: {env}__{model}__{backend}__s{seed}__{time})"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS_FIELDS = ["episode", "worker", "return", "length", "wall_time", "env_steps"]
+METRICS_FIELDS = ["episode", "worker", "learner", "return", "length", "wall_time", "env_steps"]
 WINDOW = 100
 
 
@@ -33,14 +33,19 @@ class MetricsWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         new = not self.path.exists() or self.path.stat().st_size == 0
+        fields = METRICS_FIELDS
+        if not new:  # a run started before a column was added keeps its header
+            with open(self.path, newline="") as fh:
+                fields = next(csv.reader(fh))
+        self.fields = [k for k in fields if k in METRICS_FIELDS]
         self.fh = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=METRICS_FIELDS)
+        self.writer = csv.DictWriter(self.fh, fieldnames=fields)
         if new:
             self.writer.writeheader()
             self.fh.flush()
 
     def write(self, row: dict) -> None:
-        self.writer.writerow({k: row[k] for k in METRICS_FIELDS})
+        self.writer.writerow({k: row.get(k, "") for k in self.fields})
 
     def flush(self) -> None:
         self.fh.flush()
@@ -56,7 +61,12 @@ def read_metrics(run_dir) -> dict[str, np.ndarray]:
     """The metrics CSV of a run as column arrays (episode order)."""
     with open(Path(run_dir) / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return {k: np.array([float(r[k]) for r in rows]) for k in METRICS_FIELDS}
+    out = {
+        k: np.array([float(r[k]) for r in rows]) for k in METRICS_FIELDS if not rows or k in rows[0]
+    }
+    if "learner" not in out:  # runs from before many learners per process: learner = worker
+        out["learner"] = out["worker"]
+    return out
 
 
 def moving_average(x: np.ndarray, window: int = WINDOW) -> np.ndarray:

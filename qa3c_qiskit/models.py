@@ -9,6 +9,13 @@ Actor and critic are separate networks with separate VQCs (96 quantum parameters
 All parameters of an :class:`ActorCritic` live in one flat float64 buffer (``flat``) with a
 matching flat gradient buffer (``flat_grad``): pushing gradients and pulling parameters are
 then one tensor copy each, and the shared Adam is a handful of vector ops.
+
+Many actor-learners per process (:mod:`qa3c_qiskit.a3c`) evaluate the same architecture with a
+*different* flat parameter vector per sample: :meth:`ActorCritic.batched_logits` and
+:meth:`ActorCritic.batched_values` take ``theta`` of shape ``[B, n_params]`` (row ``b`` = the
+parameters sample ``b`` is evaluated with) and are differentiable with respect to it, so one
+backward pass through rows indexed from per-learner copies yields each learner's own gradient.
+Every core module therefore has ``functional(x [B, n_qubits], rows [B, n_core])``.
 """
 
 from __future__ import annotations
@@ -50,12 +57,38 @@ class Dressed(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.post(torch.tanh(self.core(torch.tanh(self.pre(obs)))))
 
+    def functional(self, rows: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """``forward`` with per-sample parameters: ``rows`` [B, n] holds, for each sample, this
+        network's parameters flattened in ``self.parameters()`` order; returns [B, out]."""
+        n_pre = self.pre.weight.numel() + self.pre.bias.numel()
+        n_core = sum(p.numel() for p in self.core.parameters())
+        h = torch.tanh(batched_linear(self.pre, rows[:, :n_pre], obs))
+        h = torch.tanh(self.core.functional(h, rows[:, n_pre : n_pre + n_core]))
+        return batched_linear(self.post, rows[:, n_pre + n_core :], h)
+
+
+def batched_linear(layer: nn.Linear, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` with sample ``b`` using weight and bias from ``rows[b]`` (weight, then bias,
+    flattened as in ``layer.parameters()``): [B, in] -> [B, out]."""
+    out_dim, in_dim = layer.weight.shape
+    w = rows[:, : out_dim * in_dim].view(-1, out_dim, in_dim)
+    return torch.matmul(w, x.unsqueeze(-1)).squeeze(-1) + rows[:, out_dim * in_dim :]
+
+
+class LinearCore(nn.Linear):
+    """The classical twin's core: ``Linear(n_qubits -> n_qubits)``, N(0, 0.1) weights, zero bias."""
+
+    def __init__(self, n_qubits: int):
+        super().__init__(n_qubits, n_qubits, dtype=torch.float64)
+        nn.init.normal_(self.weight, 0.0, 0.1)
+        nn.init.zeros_(self.bias)
+
+    def functional(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return batched_linear(self, rows, x)
+
 
 def classical_core(n_qubits: int) -> nn.Module:
-    lin = nn.Linear(n_qubits, n_qubits, dtype=torch.float64)
-    nn.init.normal_(lin.weight, 0.0, 0.1)
-    nn.init.zeros_(lin.bias)
-    return lin
+    return LinearCore(n_qubits)
 
 
 class ActorCritic(nn.Module):
@@ -73,6 +106,7 @@ class ActorCritic(nn.Module):
         self.actor = Dressed(spec.obs_dim, spec.n_actions, core_factory(), spec.n_qubits)
         self.critic = Dressed(spec.obs_dim, 1, core_factory(), spec.n_qubits)
         self.flat, self.flat_grad = flatten_parameters(self)
+        self.n_actor = sum(p.numel() for p in self.actor.parameters())
 
     def logits(self, obs: torch.Tensor) -> torch.Tensor:
         """Action logits, [B, n_actions]."""
@@ -81,6 +115,15 @@ class ActorCritic(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """State values, [B]."""
         return self.critic(obs).squeeze(-1)
+
+    def batched_logits(self, theta: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """Action logits [B, n_actions], sample ``b`` evaluated with parameters ``theta[b]``
+        (``theta``: [B, n_params], flat layout of :attr:`flat`)."""
+        return self.actor.functional(theta[:, : self.n_actor], obs)
+
+    def batched_values(self, theta: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """State values [B], sample ``b`` evaluated with parameters ``theta[b]``."""
+        return self.critic.functional(theta[:, self.n_actor :], obs).squeeze(-1)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> int:

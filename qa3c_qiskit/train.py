@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -26,19 +26,21 @@ from .checkpoint import (
     ROLLED_BACK,
     CheckpointError,
     EventLog,
+    RunState,
     count_metrics_rows,
     incompatible_fields,
+    learner_seed,
     load_checkpoint,
     reconcile_metrics,
-    rng_states,
+    save_atomic,
     save_checkpoint,
     set_rng_states,
-    worker_seed,
 )
 from .config import TrainConfig, build_parser, config_from_args
 from .envs import PAPER_ENVS, env_info
 from .metrics import MetricsWriter, Progress, read_metrics, summarize, write_json
 from .models import ActorCritic, ModelSpec, count_parameters, parameter_table
+from .runners.base import Episode, Event, Failure, Restart, RunPlan
 
 
 def model_spec(cfg: TrainConfig) -> ModelSpec:
@@ -75,6 +77,11 @@ def validate(cfg: TrainConfig) -> dict | None:
         problems.append(f"--episodes must be > 0, got {cfg.episodes}")
     if cfg.workers <= 0:
         problems.append(f"--workers must be > 0, got {cfg.workers}")
+    elif cfg.learners is not None and cfg.learners < cfg.workers:
+        problems.append(
+            f"--learners must be >= --workers ({cfg.workers}: every worker process hosts at "
+            f"least one learner), got {cfg.learners}"
+        )
     if cfg.lr <= 0:
         problems.append(f"--lr must be > 0, got {cfg.lr}")
     if not 0 < cfg.gamma <= 1:
@@ -96,10 +103,10 @@ def validate(cfg: TrainConfig) -> dict | None:
     except ValueError as exc:
         problems.append(str(exc))
     if cfg.model == "quantum":
-        from .backends import check_backend
+        from .backends import resolve
 
-        try:
-            check_backend(cfg.backend)
+        try:  # the profile with this run's shots and qubit count, before any file is written
+            resolve(cfg.backend, shots=cfg.shots, n_qubits=cfg.n_qubits)
         except ValueError as exc:
             problems.append(str(exc))
     ckpt = None
@@ -231,15 +238,26 @@ def _lock_run(run_dir: Path):
     return fh
 
 
-def train(cfg: TrainConfig, show_table: bool = True) -> Path:
-    """Run (or with ``cfg.resume``, continue) one training job; return its run directory.
+@dataclass
+class PreparedRun:
+    """A validated run, its folder (created and locked) and its state, ready to supervise."""
 
-    Raises ValueError on bad input (before any worker starts), TrainingInterrupted after
-    SIGINT/SIGTERM (checkpoint written), WorkerFailed when a worker fails for good.
-    """
+    cfg: TrainConfig
+    spec: ModelSpec
+    run_dir: Path
+    state: RunState
+    model: ActorCritic  # the global model's architecture (parameters come from ``state``)
+    counts: dict
+    fresh: bool
+    lock: object
+    events: EventLog
+
+
+def prepare_run(cfg: TrainConfig, show_table: bool = True) -> PreparedRun:
+    """Validate ``cfg`` completely (ValueError listing every problem, before any file is
+    touched), then create (or, resuming, reopen) and lock the run folder and build the state."""
     ckpt = validate(cfg)
     spec = model_spec(cfg)
-    info = env_info(cfg.env)
     if show_table:
         print_parameter_table(cfg)
     run_dir = run_dir_for(cfg)
@@ -248,58 +266,133 @@ def train(cfg: TrainConfig, show_table: bool = True) -> Path:
     lock = _lock_run(run_dir)
     events = EventLog(run_dir / EVENTS)
     torch.manual_seed(cfg.seed)
-    global_model = ActorCritic(spec)
-    counts = count_parameters(global_model)
+    model = ActorCritic(spec)
+    counts = count_parameters(model)
+    learners = cfg.learners or cfg.workers
     if ckpt is None:
-        done = env_steps = nonfinite = restarts = resume_count = 0
-        wall0, adam_state, seed_log = 0.0, None, []
+        state = RunState(flat=model.flat.detach().clone())
         write_json(
             run_dir / "config.json",
             {
                 **cfg.to_dict(),
-                "worker_seeds": {r: worker_seed(cfg.seed, r) for r in range(cfg.workers)},
+                "learners": learners,
+                "learner_seeds": {lid: learner_seed(cfg.seed, lid) for lid in range(learners)},
+                "learners_per_worker": {
+                    r: list(range(r, learners, cfg.workers)) for r in range(cfg.workers)
+                },
                 "parameters": counts,
             },
         )
-        events(f"start: {cfg.episodes} episodes, {cfg.workers} workers, seed {cfg.seed}")
-    else:
-        done, env_steps = ckpt["episodes_done"], ckpt["env_steps"]
-        nonfinite, restarts = ckpt["nonfinite_updates_skipped"], ckpt["restarts"]
-        resume_count = ckpt["resume_count"] + 1
-        wall0, adam_state, seed_log = ckpt["wall_time_s"], ckpt["adam"], ckpt["worker_seeds"]
-        global_model.flat.copy_(ckpt["flat"])
-        set_rng_states(ckpt["rng"])
-        cut = reconcile_metrics(run_dir, done)
         events(
-            f"resume #{resume_count} at episode {done} (budget {cfg.episodes}); "
-            f"{cut} metrics rows after the checkpoint moved to {ROLLED_BACK}"
+            f"start: {cfg.episodes} episodes, {learners} learners on {cfg.workers} workers, "
+            f"seed {cfg.seed}"
         )
+    else:
+        state = RunState.resumed(ckpt)
+        set_rng_states(ckpt["rng"])
+        cut = reconcile_metrics(run_dir, state.episodes_done)
+        events(
+            f"resume #{state.resume_count} at episode {state.episodes_done} (budget "
+            f"{cfg.episodes}, {learners} learners on {cfg.workers} workers); {cut} metrics rows "
+            f"after the checkpoint moved to {ROLLED_BACK}"
+        )
+    return PreparedRun(cfg, spec, run_dir, state, model, counts, ckpt is None, lock, events)
 
-    from .runners import make_runner
 
-    runner = make_runner(
-        cfg.runner,
-        flat=global_model.flat,
+def run_plan(cfg: TrainConfig, spec: ModelSpec, resume_count: int) -> RunPlan:
+    return RunPlan(
         spec=spec,
         env_id=cfg.env,
         settings=settings_of(cfg),
         workers=cfg.workers,
+        learners=cfg.learners or cfg.workers,
         seed=cfg.seed,
         budget=cfg.episodes,
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.adam_eps,
-        done=done,
-        env_steps=env_steps,
-        adam_state=adam_state,
-        nonfinite=nonfinite,
         max_restarts=cfg.max_restarts,
         resume_count=resume_count,
-        **({"address": cfg.address} if cfg.runner == "ray" else {}),
     )
-    writer = MetricsWriter(run_dir / "metrics.csv")
-    t0 = time.time()
-    error = None
+
+
+def train(cfg: TrainConfig, show_table: bool = True) -> Path:
+    """Run (or with ``cfg.resume``, continue) one training job; return its run directory.
+
+    Raises ValueError on bad input (before any file is written), TrainingInterrupted after
+    SIGINT/SIGTERM (checkpoint written), WorkerFailed when a worker fails for good.
+    """
+    run = prepare_run(cfg, show_table)
+    try:
+        summary = supervise(run)
+    finally:
+        run.events.close()
+        run.lock.close()
+    print(f"run directory: {run.run_dir}")
+    print(
+        f"episodes {summary['episodes']}, final avg100 {summary['final_avg100']:.2f}, "
+        f"best avg100 {summary['best_avg100']:.2f}, {summary['env_steps_per_s']:.0f} env steps/s, "
+        f"{summary['session_wall_time_s']:.1f} s"
+    )
+    return run.run_dir
+
+
+class _Supervisor:
+    """The trainer's side of a run: messages in, metrics rows, checkpoints, events, display."""
+
+    def __init__(self, run: PreparedRun, runner, writer: MetricsWriter, prog: Progress):
+        self.run, self.runner, self.writer, self.prog = run, runner, writer, prog
+        self.t0 = time.time()
+        self.wall0 = run.state.wall_time_s
+        self.error: Failure | None = None
+
+    def save(self, final: bool = False) -> None:
+        run = self.run
+        self.writer.flush()  # rows first: metrics.csv always holds >= the checkpoint's episodes
+        state = self.runner.sync()
+        state.wall_time_s = self.wall0 + time.time() - self.t0
+        ckpt = state.to_checkpoint(run.cfg.to_dict(), dict(run.spec.__dict__), final)
+        save_checkpoint(run.run_dir / CHECKPOINT, ckpt)
+
+    def handle(self, msg) -> None:
+        run, cfg, events = self.run, self.run.cfg, self.run.events
+        if isinstance(msg, Episode):
+            run.state.episodes_done += 1
+            done = run.state.episodes_done
+            rec = msg.record
+            self.writer.write(
+                {**rec, "episode": done, "wall_time": round(self.wall0 + rec["time"] - self.t0, 4)}
+            )
+            self.prog.episode(rec["return"], rec["env_steps"])
+            if done % cfg.checkpoint_every == 0 and done < cfg.episodes:
+                self.save()
+        elif isinstance(msg, Restart):
+            events(msg.text() + "\n" + msg.traceback.rstrip())
+            self.prog.event(msg.text())
+        elif isinstance(msg, Event):
+            events(msg.text)
+        elif isinstance(msg, Failure):
+            self.error = msg
+            events(f"worker {msg.worker} failed:\n{msg.traceback}")
+            self.prog.event(f"worker {msg.worker} failed; stopping")
+            self.runner.stop()
+        else:  # pragma: no cover - a runner bug
+            raise TypeError(f"unknown runner message {msg!r}")
+
+
+def supervise(run: PreparedRun) -> dict:
+    """Start the runner, handle its messages until the budget is used up (or a stop), write the
+    final checkpoint, ``model.pt`` and ``summary.json``; return the summary.
+
+    Raises TrainingInterrupted after SIGINT/SIGTERM, WorkerFailed when a worker fails for good.
+    """
+    from .runners import make_runner
+
+    cfg, state = run.cfg, run.state
+    runner = make_runner(
+        cfg.runner, run_plan(cfg, run.spec, state.resume_count), state, address=cfg.address
+    )
+    steps0 = state.env_steps
     signalled: list[int] = []
 
     def on_signal(signum, frame):
@@ -311,70 +404,27 @@ def train(cfg: TrainConfig, show_table: bool = True) -> Path:
                 signal.signal(s, signal.SIG_IGN)  # a third signal must not cut the clean-up
             raise _ForcedExit
 
-    def save(final: bool = False) -> None:
-        writer.flush()  # rows first: metrics.csv always holds >= the checkpoint's episodes
-        flat, adam = runner.global_state()
-        save_checkpoint(
-            run_dir / CHECKPOINT,
-            {
-                "episodes_done": done,
-                "env_steps": runner.env_steps,
-                "nonfinite_updates_skipped": runner.nonfinite_count,
-                "restarts": restarts + runner.restarts,
-                "resume_count": resume_count,
-                "wall_time_s": wall0 + time.time() - t0,
-                "flat": flat,
-                "adam": adam,
-                "rng": rng_states(),
-                "worker_seeds": seed_log + runner.seed_log,
-                "config": cfg.to_dict(),
-                "spec": dict(spec.__dict__),
-                "final": final,
-            },
-        )
-
-    title = f"{cfg.env} | {cfg.model} | {cfg.backend if cfg.model == 'quantum' else 'classical'} | {cfg.workers} workers"
+    backend = cfg.backend if cfg.model == "quantum" else "classical"
+    learners = cfg.learners or cfg.workers
+    title = f"{cfg.env} | {cfg.model} | {backend} | {learners} learners / {cfg.workers} workers"
     old_handlers = {}
     if threading.current_thread() is threading.main_thread():  # signals need the main thread
         old_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    writer = MetricsWriter(run.run_dir / "metrics.csv")
+    events = run.events
     try:
         for s in old_handlers:
             signal.signal(s, on_signal)
-        with Progress(title, cfg.episodes, done=done, quiet=cfg.quiet) as prog:
-            if ckpt is None:
-                save()  # episode 0: even a run killed before its first checkpoint can resume
+        with Progress(title, cfg.episodes, done=state.episodes_done, quiet=cfg.quiet) as prog:
+            sup = _Supervisor(run, runner, writer, prog)
+            if run.fresh:
+                sup.save()  # episode 0: even a run killed before its first checkpoint can resume
             runner.start()
             shown_stop = 0.0
             while True:
                 msgs = runner.poll(0.2)
-                for kind, payload in msgs:
-                    if kind == "episode":
-                        done += 1
-                        row = {
-                            **payload,
-                            "episode": done,
-                            "wall_time": round(wall0 + payload["time"] - t0, 4),
-                        }
-                        writer.write(row)
-                        prog.episode(payload["return"], payload["env_steps"])
-                        if done % cfg.checkpoint_every == 0 and done < cfg.episodes:
-                            save()
-                    elif kind == "restart":
-                        text = (
-                            f"worker {payload['worker']} crashed; restart "
-                            f"{payload['restart']}/{payload['max_restarts']} (pid {payload['pid']}, "
-                            f"seed {payload['seed']}, {payload['episodes_given_back']} claimed "
-                            "episode(s) given back)"
-                        )
-                        events(text + "\n" + payload["traceback"].rstrip())
-                        prog.event(text)
-                    elif kind == "event":
-                        events(payload["text"])
-                    elif kind == "error":
-                        error = payload
-                        events(f"worker {payload['worker']} failed:\n{payload['traceback']}")
-                        prog.event(f"worker {payload['worker']} failed; stopping")
-                        runner.stop()
+                for msg in msgs:
+                    sup.handle(msg)
                 if msgs:
                     writer.fh.flush()  # rows visible promptly (fsync'd at each checkpoint)
                 if signalled and not shown_stop:
@@ -389,55 +439,61 @@ def train(cfg: TrainConfig, show_table: bool = True) -> Path:
                     break  # runner.close() below terminates them
                 prog.refresh()
         runner.close()
-        save(final=not signalled and error is None)
-        events(f"checkpoint at episode {done}")
+        sup.save(final=not signalled and sup.error is None)
+        events(f"checkpoint at episode {state.episodes_done}")
     except _ForcedExit:
         runner.close(timeout=0)
         writer.close()
-        events(f"forced exit at episode {done} (last checkpoint kept)")
-        raise TrainingInterrupted(signalled[0], run_dir, done, forced=True) from None
+        events(f"forced exit at episode {state.episodes_done} (last checkpoint kept)")
+        raise TrainingInterrupted(
+            signalled[0], run.run_dir, state.episodes_done, forced=True
+        ) from None
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         runner.close(timeout=2)
         writer.close()
-        events.close()
-        lock.close()
-    flat, _ = runner.global_state()
-    global_model.flat.copy_(flat)
-    torch.save(
-        {"model": global_model.state_dict(), "spec": spec.__dict__, "config": cfg.to_dict()},
-        run_dir / "model.pt",
+    run.model.flat.copy_(state.flat)
+    save_atomic(
+        {"model": run.model.state_dict(), "spec": run.spec.__dict__, "config": cfg.to_dict()},
+        run.run_dir / "model.pt",
     )
-    m = read_metrics(run_dir)
-    elapsed = time.time() - t0
-    steps = int(m["env_steps"].max()) if len(m["env_steps"]) else 0
-    summary = {
-        **summarize(m["return"], info.reward_threshold),
-        "wall_time_s": wall0 + elapsed,
-        "env_steps": steps,
-        "env_steps_per_s": (runner.env_steps - env_steps) / elapsed if elapsed else 0.0,
-        "parameters": counts,
-        "nonfinite_updates_skipped": runner.nonfinite_count,
-        "worker_restarts": restarts + runner.restarts,
-        "resumes": resume_count,
-        "status": "interrupted" if signalled else "failed" if error else "complete",
-    }
-    write_json(run_dir / "summary.json", summary)
+    summary = _summary(run, sup, steps0, signalled)
+    write_json(run.run_dir / "summary.json", summary)
     if signalled:
-        raise TrainingInterrupted(signalled[0], run_dir, done)
-    if error is not None:
+        raise TrainingInterrupted(signalled[0], run.run_dir, state.episodes_done)
+    if sup.error is not None:
         raise WorkerFailed(
-            f"worker {error['worker']} failed (last checkpoint: episode {done} in {run_dir}):\n"
-            f"{error['traceback']}"
+            f"worker {sup.error.worker} failed (last checkpoint: episode "
+            f"{state.episodes_done} in {run.run_dir}):\n{sup.error.traceback}"
         )
-    print(f"run directory: {run_dir}")
-    print(
-        f"episodes {summary['episodes']}, final avg100 {summary['final_avg100']:.2f}, "
-        f"best avg100 {summary['best_avg100']:.2f}, {summary['env_steps_per_s']:.0f} env steps/s, "
-        f"{elapsed:.1f} s"
-    )
-    return run_dir
+    return summary
+
+
+def _summary(run: PreparedRun, sup: _Supervisor, steps0: int, signalled) -> dict:
+    """summary.json: scores, and rates that say what they cover (cumulative over every session
+    of a resumed run, plus this session's own)."""
+    state = run.state
+    m = read_metrics(run.run_dir)
+    session = time.time() - sup.t0
+    total = state.wall_time_s
+    steps = state.env_steps
+    return {
+        **summarize(m["return"], env_info(run.cfg.env).reward_threshold),
+        "wall_time_s": total,
+        "env_steps": steps,
+        "env_steps_per_s": steps / total if total else 0.0,
+        "session_wall_time_s": session,
+        "session_env_steps": steps - steps0,
+        "session_env_steps_per_s": (steps - steps0) / session if session else 0.0,
+        "learners": run.cfg.learners or run.cfg.workers,
+        "workers": run.cfg.workers,
+        "parameters": run.counts,
+        "nonfinite_updates_skipped": state.nonfinite,
+        "worker_restarts": state.restarts,
+        "resumes": state.resume_count,
+        "status": "interrupted" if signalled else "failed" if sup.error else "complete",
+    }
 
 
 def _explicit_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:

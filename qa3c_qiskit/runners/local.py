@@ -1,15 +1,15 @@
-"""Local runner: N torch.multiprocessing worker processes around shared-memory parameters.
+"""Local runner: worker processes (torch.multiprocessing) around shared-memory parameters.
 
 The global actor/critic is one flat float64 vector in shared memory, with the shared Adam's
-moments and step beside it. A worker pushes its local gradient and pulls the new parameters
-under one lock (a short critical section: a handful of vector ops), so every update sees a
+moments and step beside it. A learner pushes its gradient and pulls the new parameters under
+one lock (a short critical section: a handful of vector ops), so every update sees a
 consistent Adam state.
 
-Fault tolerance: each worker reports over its own pipe (no lock shared with other workers, so
-a worker killed mid-message cannot block the rest); the hub lock records its holder, so the
-supervisor can release it if a worker dies holding it; the episodes a dead worker claimed but
-never reported are given back to the budget, and the worker is restarted (fresh process and
-seed, parameters pulled from the shared model) up to ``max_restarts`` times.
+Transport only: supervision (restarts, give-back, messages) is :class:`~.base.Runner`'s. Each
+process reports over its own pipe (no lock shared with other processes, so a process killed
+mid-message cannot block the rest), one message per env step with all episodes its learners
+finished; the hub lock records its holder, so the supervisor can release it if a process dies
+holding it; the episodes a dead process claimed but never reported are given back.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from multiprocessing.connection import wait
 import torch
 import torch.multiprocessing as mp
 
-from ..a3c import A3CSettings, NonFiniteError, run_worker
-from ..checkpoint import worker_seed
-from ..models import ModelSpec
+from ..a3c import NonFiniteError, run_learners
+from ..checkpoint import RunState
 from ..optim import SharedAdam
+from .base import Episode, Runner, RunPlan, Slot
 
 SUPERVISOR = -2  # lock holder id of the supervisor / in-process callers
 FREE = -1
@@ -37,10 +37,10 @@ CLAIMED, ENV_STEPS, NONFINITE = 0, 1, 2
 
 
 class LocalHub:
-    """The workers' view of the global model (picklable; shared tensors and mp primitives).
+    """The processes' view of the global model (picklable; shared tensors and mp primitives).
 
     The counters are raw shared memory guarded by ``lock`` (not mp.Value/Event, whose hidden
-    locks a killed worker could leave held).
+    locks a killed process could leave held).
     """
 
     def __init__(
@@ -101,8 +101,8 @@ class LocalHub:
             self.counters[ENV_STEPS] += n
             return self.counters[ENV_STEPS]
 
-    def episode_done(self, record: dict) -> None:
-        self.conn.send(("episode", record))
+    def episodes_done(self, records: list[dict]) -> None:
+        self.conn.send(("episodes", records))
 
     def should_stop(self) -> bool:
         # also stop if the supervisor died (e.g. SIGKILL): we were re-parented
@@ -115,88 +115,61 @@ class LocalHub:
             self.counters[NONFINITE] += 1
 
 
-def _worker_main(rank, seed, env_id, spec, settings, hub):
+def _worker_main(rank, learners, env_id, spec, settings, hub):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _spawn
-    hub.conn.send(("ready", {"worker": rank}))  # imports done: from now on it polls the stop flag
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _launch
+    hub.conn.send(("ready", None))  # imports done: from now on it polls the stop flag
     try:
-        run_worker(rank, seed, env_id, spec, settings, hub)
+        run_learners(rank, learners, env_id, spec, settings, hub)
     except BaseException as exc:
         fatal = isinstance(exc, NonFiniteError)  # --on-nonfinite raise: abort, do not restart
-        hub.conn.send(
-            ("error", {"worker": rank, "traceback": traceback.format_exc(), "fatal": fatal})
-        )
+        hub.conn.send(("error", {"traceback": traceback.format_exc(), "fatal": fatal}))
         sys.exit(1)
 
 
-class _Slot:
-    """One worker rank: its current process, pipe and bookkeeping."""
+class _Process:
+    """Transport state of one rank's current process."""
 
-    def __init__(self, rank: int):
-        self.rank = rank
-        self.proc = None
-        self.conn = None
-        self.received = 0  # episodes received from the current process
-        self.restarts = 0
-        self.error = None
-        self.finished = False
+    def __init__(self, proc, conn):
+        self.proc, self.conn = proc, conn
+        self.received = 0  # episodes received from this process
+        self.error: dict | None = None
         self.ready = False  # past start-up (imports); before that it touches nothing shared
 
 
-class LocalRunner:
+class LocalRunner(Runner):
     """Starts, supervises, restarts and stops the worker processes of one run."""
 
-    def __init__(
-        self,
-        flat: torch.Tensor,
-        spec: ModelSpec,
-        env_id: str,
-        settings: A3CSettings,
-        workers: int,
-        seed: int,
-        budget: int,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        done: int = 0,
-        env_steps: int = 0,
-        adam_state: dict | None = None,
-        nonfinite: int = 0,
-        max_restarts: int = 0,
-        resume_count: int = 0,
-    ):
+    def __init__(self, plan: RunPlan, state: RunState):
+        super().__init__(plan, state)
         self.ctx = mp.get_context("spawn")
-        adam = SharedAdam(flat.clone(), lr=lr, betas=betas, eps=eps)
-        if adam_state is not None:
-            adam.load_state_dict(adam_state)
+        adam = SharedAdam(state.flat.clone(), lr=plan.lr, betas=plan.betas, eps=plan.eps)
+        if state.adam is not None:
+            adam.load_state_dict(state.adam)
         adam.share_memory()
-        self.hub = LocalHub(self.ctx, adam, budget, done, env_steps, nonfinite, workers)
-        self.spec, self.env_id, self.settings = spec, env_id, settings
-        self.n_workers, self.seed = workers, seed
-        self.max_restarts, self.resume_count = max_restarts, resume_count
-        self.slots = {rank: _Slot(rank) for rank in range(workers)}
-        self.seed_log: list[dict] = []  # every worker process started: rank, seed, pid, restart
-        self._pending: list[tuple[str, dict]] = []
+        self.hub = LocalHub(
+            self.ctx,
+            adam,
+            plan.budget,
+            state.episodes_done,
+            state.env_steps,
+            state.nonfinite,
+            plan.workers,
+        )
+        self.procs: dict[int, _Process] = {}
 
-    def seeds(self) -> dict[int, int]:
-        return {r: worker_seed(self.seed, r, self.resume_count) for r in range(self.n_workers)}
-
-    @property
-    def procs(self) -> dict[int, mp.Process]:
-        return {r: s.proc for r, s in self.slots.items() if s.proc is not None}
-
-    def _spawn(self, slot: _Slot) -> None:
-        seed = worker_seed(self.seed, slot.rank, self.resume_count, slot.restarts)
+    def _launch(self, slot: Slot, learners: list[tuple[int, int]]) -> int:
         recv, send = self.ctx.Pipe(duplex=False)
+        plan = self.plan
         proc = self.ctx.Process(
             target=_worker_main,
             args=(
                 slot.rank,
-                seed,
-                self.env_id,
-                self.spec,
-                self.settings,
+                learners,
+                plan.env_id,
+                plan.spec,
+                plan.settings,
                 self.hub.for_worker(slot.rank, send),
             ),
             name=f"qa3c-worker-{slot.rank}",
@@ -211,136 +184,98 @@ class LocalRunner:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         send.close()  # only the worker holds the write end: EOF once it is gone
-        slot.proc, slot.conn, slot.received, slot.error = proc, recv, 0, None
-        slot.ready = False
         with self.hub.locked():
             self.hub.claims[slot.rank] = 0
-        entry = {"worker": slot.rank, "seed": seed, "pid": proc.pid, "restart": slot.restarts}
-        entry["resume"] = self.resume_count
-        self.seed_log.append(entry)
-        self._pending.append(
-            ("event", {"text": f"worker {slot.rank} started pid={proc.pid} seed={seed}"})
-        )
+        self.procs[slot.rank] = _Process(proc, recv)
+        return proc.pid
 
-    def start(self) -> None:
-        for slot in self.slots.values():
-            self._spawn(slot)
+    def pid(self, rank: int) -> int:
+        """The OS process id of process ``rank``'s current incarnation."""
+        return self.procs[rank].proc.pid
 
-    def _drain(self, slot: _Slot, out: list) -> None:
-        """Move every message waiting in ``slot``'s pipe to ``out``."""
-        while slot.conn is not None:
+    def _drain(self, p: _Process, out: list) -> None:
+        """Move every message waiting in ``p``'s pipe to ``out``."""
+        while p.conn is not None:
             try:
-                if not slot.conn.poll():
+                if not p.conn.poll():
                     return
-                kind, payload = slot.conn.recv()
+                kind, payload = p.conn.recv()
             except Exception:
-                # EOF, or a message cut short by a killed worker (a truncated pickle raises
-                # various errors): that episode is given back
-                slot.conn.close()
-                slot.conn = None
+                # EOF, or a message cut short by a killed process (a truncated pickle raises
+                # various errors): those episodes are given back
+                p.conn.close()
+                p.conn = None
                 return
-            if kind == "episode":
-                slot.received += 1
-                out.append((kind, payload))
+            if kind == "episodes":
+                p.received += len(payload)
+                out.extend(Episode(r) for r in payload)
             elif kind == "error":
-                slot.error = payload
+                p.error = payload
             elif kind == "ready":
-                slot.ready = True
-            else:
-                out.append((kind, payload))
+                p.ready = True
 
-    def poll(self, timeout: float = 0.2) -> list[tuple[str, dict]]:
-        """Messages: ("episode", record), ("restart", info), ("error", info), ("exit", info),
-        ("event", {text})."""
+    def poll(self, timeout: float = 0.2) -> list:
         out, self._pending = self._pending, []
-        live = [s for s in self.slots.values() if s.proc is not None and not s.finished]
-        waitables = [s.conn for s in live if s.conn is not None] + [s.proc.sentinel for s in live]
+        if self.stopping:
+            self.hub.stop_flag.value = 1
+        live = [
+            self.procs[s.rank]
+            for s in self.slots.values()
+            if not s.finished and s.rank in self.procs
+        ]
+        waitables = [p.conn for p in live if p.conn is not None] + [p.proc.sentinel for p in live]
         if waitables and not out:
             wait(waitables, timeout)
         for slot in self.slots.values():
-            if slot.proc is None:
+            p = self.procs.get(slot.rank)
+            if p is None:
                 continue
-            self._drain(slot, out)
-            if self.hub.should_stop() and not slot.ready and slot.proc.is_alive():
-                slot.proc.terminate()  # still importing: nothing to finish or to lose
-                slot.proc.join(2)
-            if not slot.finished and not slot.proc.is_alive():
-                slot.proc.join()
-                self._drain(slot, out)
-                self._handle_exit(slot, out)
+            self._drain(p, out)
+            if self.stopping and not p.ready and p.proc.is_alive():
+                p.proc.terminate()  # still importing: nothing to finish or to lose
+                p.proc.join(2)
+            if not slot.finished and not p.proc.is_alive():
+                p.proc.join()
+                self._drain(p, out)
+                out += self._handle_exit(slot, p)
         return out
 
-    def _handle_exit(self, slot: _Slot, out: list) -> None:
-        proc = slot.proc
-        code = proc.exitcode
-        with self.hub.locked() if self.hub.owner.value != slot.rank else _released(self.hub):
+    def _handle_exit(self, slot: Slot, p: _Process) -> list:
+        code = p.proc.exitcode
+        hub = self.hub
+        with hub.locked() if hub.owner.value != slot.rank else _released(hub):
             # episodes this process claimed but never reported go back to the budget
-            lost = self.hub.claims[slot.rank] - slot.received
+            lost = hub.claims[slot.rank] - p.received
             if lost > 0:
-                self.hub.counters[CLAIMED] -= lost
-            self.hub.claims[slot.rank] = 0
-        if code == 0 and slot.error is None:
-            slot.finished = True
-            out.append(("exit", {"worker": slot.rank}))
-            return
-        if slot.error is not None:
-            tb = slot.error["traceback"]
+                hub.counters[CLAIMED] -= lost
+            hub.claims[slot.rank] = 0
+        if code == 0 and p.error is None:
+            return self._after_exit(slot, None, False, lost)
+        if p.error is not None:
+            tb = p.error["traceback"]
         else:
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            tb = f"worker {slot.rank} (pid {proc.pid}) died: {how}\n"
-        fatal = bool(slot.error and slot.error.get("fatal"))
-        if self.hub.should_stop() or fatal or slot.restarts >= self.max_restarts:
-            slot.finished = True
-            if not self.hub.should_stop() or fatal:
-                note = "" if fatal else f" (restarts used: {slot.restarts}/{self.max_restarts})"
-                out.append(("error", {"worker": slot.rank, "traceback": tb + note}))
-            out.append(("exit", {"worker": slot.rank}))
-            return
-        slot.restarts += 1
-        self._spawn(slot)
-        out.append(
-            (
-                "restart",
-                {
-                    "worker": slot.rank,
-                    "restart": slot.restarts,
-                    "max_restarts": self.max_restarts,
-                    "seed": self.seed_log[-1]["seed"],
-                    "pid": slot.proc.pid,
-                    "episodes_given_back": max(lost, 0),
-                    "traceback": tb,
-                },
-            )
-        )
+            tb = f"worker {slot.rank} (pid {p.proc.pid}) died: {how}\n"
+        fatal = bool(p.error and p.error.get("fatal"))
+        return self._after_exit(slot, tb, fatal, lost)
 
-    def alive(self) -> bool:
-        return any(s.proc is not None and not s.finished for s in self.slots.values())
-
-    def global_state(self) -> tuple[torch.Tensor, dict]:
-        """A consistent copy of the global parameters and the shared Adam state."""
+    def sync(self) -> RunState:
         with self.hub.locked():
-            return self.hub.adam.params.clone(), self.hub.adam.state_dict()
-
-    @property
-    def nonfinite_count(self) -> int:
-        return int(self.hub.counters[NONFINITE])
-
-    @property
-    def env_steps(self) -> int:
-        return int(self.hub.counters[ENV_STEPS])
-
-    @property
-    def restarts(self) -> int:
-        return sum(s.restarts for s in self.slots.values())
+            self.state.flat = self.hub.adam.params.clone()
+            self.state.adam = self.hub.adam.state_dict()
+            self.state.env_steps = int(self.hub.counters[ENV_STEPS])
+            self.state.nonfinite = int(self.hub.counters[NONFINITE])
+        return self.state
 
     def stop(self) -> None:
-        """Ask every worker to stop after its current env step (safe in a signal handler)."""
+        """Ask every process to stop after its current env step (safe in a signal handler)."""
+        super().stop()
         self.hub.stop_flag.value = 1
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the workers: wait up to ``timeout`` s, then terminate, then kill."""
+        """Stop the processes: wait up to ``timeout`` s, then terminate, then kill."""
         self.stop()
-        procs = list(self.procs.values())
+        procs = [p.proc for p in self.procs.values()]
         deadline = time.monotonic() + timeout
         for p in procs:
             p.join(max(deadline - time.monotonic(), 0))
@@ -352,8 +287,8 @@ class LocalRunner:
             if p.is_alive():
                 p.kill()
                 p.join(2)
-        # a worker terminated inside the critical section leaves the lock held: every worker is
-        # gone now, so a lock still taken is stale
+        # a process terminated inside the critical section leaves the lock held: every process
+        # is gone now, so a lock still taken is stale
         if procs:
             if not self.hub.lock.acquire(timeout=1):
                 self.hub.owner.value = FREE
@@ -362,7 +297,7 @@ class LocalRunner:
 
 @contextmanager
 def _released(hub: LocalHub):
-    """The hub lock is held by a dead worker: take it over, then release it."""
+    """The hub lock is held by a dead process: take it over, then release it."""
     hub.owner.value = SUPERVISOR
     try:
         yield

@@ -5,20 +5,19 @@
   the global episode counter T, the env-step counter, the count of skipped non-finite updates and
   the finished-episode records the driver polls. A Ray actor runs one method at a time, so every
   push-and-pull sees a consistent Adam state, as under the local runner's lock.
-* Each **worker** is a Ray actor (``num_cpus=1``) that runs :func:`qa3c_qiskit.a3c.run_worker`,
-  the very loop the local runner hosts, with a :class:`RayHub` that talks to the parameter
-  server. It builds its own environment and its own backend instance inside its process.
-* The driver (:class:`RayRunner`) supervises the workers. A worker whose actor dies (process
-  killed, node lost) is replaced by a new actor, at most ``max_restarts`` times per worker rank;
-  the new actor pulls the global parameters before its first step, and the episode its
-  predecessor had claimed is given back, so the run ends with exactly the requested number of
-  episodes. Each restart is reported as a ``("restart", info)`` message (the trainer logs it,
-  as for the local runner) and each new actor as an ``("event", {"text": ...})`` with its pid
-  and node.
+* Each **worker** is a Ray actor (``num_cpus=1``) that hosts its actor-learners with
+  :func:`qa3c_qiskit.a3c.run_learners`, the very loop the local runner hosts, with a
+  :class:`RayHub` that talks to the parameter server. It builds its own environments and its
+  own backend instance inside its process.
+* The driver (:class:`RayRunner`) supervises the workers with the policy shared with the local
+  runner (:class:`~.base.Runner`): a worker whose actor dies (process killed, node lost) is
+  replaced by a new actor, at most ``max_restarts`` times per worker rank; the new actor pulls
+  the global parameters before its first step, and the episodes its learners had claimed are
+  given back, so the run ends with exactly the requested number of episodes.
 
-Round trips: one per update (``push_pull`` returns the new parameters, the stop flag and the
-global step count) and one per episode (the claim); env-step counts, episode records and
-non-finite counts are sent without waiting for a reply. Ray runs the calls of one caller on one actor in submission order, so the
+Round trips: one per learner update (``push_pull`` returns the new parameters, the stop flag and
+the global step count) and one per episode (the claim); env-step counts, episode records (one
+message per env step) and non-finite counts are sent without waiting for a reply. Ray runs the calls of one caller on one actor in submission order, so the
 counters stay exact; the parameter server stamps each episode record with the global env-step
 count at the time it arrives.
 """
@@ -32,10 +31,10 @@ import signal
 import numpy as np
 import torch
 
-from ..a3c import A3CSettings, NonFiniteError, run_worker
-from ..checkpoint import worker_seed
-from ..models import ModelSpec
+from ..a3c import NonFiniteError, run_learners
+from ..checkpoint import RunState
 from ..optim import SharedAdam
+from .base import Episode, Event, Runner, RunPlan, Slot
 
 
 class MissingExtraError(ImportError, ValueError):
@@ -97,11 +96,11 @@ class ParameterServer:
     def add_steps(self, n: int) -> None:
         self.env_steps += n
 
-    def episode_done(self, token, record: dict) -> None:
-        if token in self.retired:  # its claim was given back: the episode is run again
+    def episodes_done(self, token, records: list[dict]) -> None:
+        if token in self.retired:  # its claims were given back: the episodes are run again
             return
-        self.claims[token] = self.claims.get(token, 0) - 1
-        self.records.append({**record, "env_steps": self.env_steps})
+        self.claims[token] = self.claims.get(token, 0) - len(records)
+        self.records.extend({**r, "env_steps": self.env_steps} for r in records)
 
     def nonfinite(self) -> None:
         self.nonfinite_count += 1
@@ -161,8 +160,8 @@ class RayHub:
         self.steps += n
         return self.steps
 
-    def episode_done(self, record: dict) -> None:
-        self.ps.episode_done.remote(self.token, record)
+    def episodes_done(self, records: list[dict]) -> None:
+        self.ps.episodes_done.remote(self.token, records)
 
     def should_stop(self) -> bool:
         # The stop flag arrives with every reply (at least once per S steps): no extra round trip.
@@ -174,7 +173,8 @@ class RayHub:
 
 @ray.remote(num_cpus=1, max_restarts=0)
 class RayWorker:
-    """Hosts one actor-learner; its environment and backend are built inside this process."""
+    """Hosts the actor-learners of one rank; their environments and backend are built inside
+    this process."""
 
     def __init__(self):
         torch.set_num_threads(1)
@@ -184,66 +184,36 @@ class RayWorker:
         """{"pid": OS process id, "node": IP address of the node it runs on}."""
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address()}
 
-    def run(self, rank, seed, env_id, spec, settings, ps, token) -> None:
+    def run(self, rank, learners, env_id, spec, settings, ps, token) -> None:
         """Algorithm 1 until the budget is used up or the run is stopped."""
         try:
-            run_worker(rank, seed, env_id, spec, settings, RayHub(ps, token))
+            run_learners(rank, learners, env_id, spec, settings, RayHub(ps, token))
         finally:
             # Every message sent without a reply has reached the parameter server before the
             # driver sees this worker finish, so no episode record can arrive after that.
             ray.get(ps.barrier.remote())
 
 
-class _Slot:
-    """One worker rank: its current actor, run and bookkeeping."""
+class _Actor:
+    """Transport state of one rank's current actor."""
 
-    def __init__(self, rank: int):
-        self.rank = rank
-        self.actor = None
-        self.run = None  # ObjectRef of the current actor's run() (None once finished)
-        self.where = None  # ObjectRef of the current actor's where()
-        self.log: dict | None = None  # this actor's seed_log entry
-        self.incarnation = 0
-        self.restarts = 0
+    def __init__(self, actor, run, where, token):
+        self.actor, self.run, self.where, self.token = actor, run, where, token
 
 
-class RayRunner:
-    """Starts, supervises (restarts) and stops Ray worker actors around a parameter server.
+class RayRunner(Runner):
+    """Supervises Ray worker actors around a parameter server (policy: :class:`~.base.Runner`).
 
-    Same arguments as :class:`~qa3c_qiskit.runners.local.LocalRunner`, plus ``address``: a Ray
-    cluster to join (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``); ``None`` joins the
-    Ray instance already initialised in this process, or starts a local one (shut down again
-    in :meth:`close`). A worker whose actor dies is replaced by a new actor with a fresh seed,
-    at most ``max_restarts`` times per rank (Ray's own actor restarts are off: the driver must
-    give back the dead actor's episode and re-run the loop, which Ray would not do).
+    ``address``: a Ray cluster to join (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``);
+    ``None`` joins the Ray instance already initialised in this process, or starts a local one
+    (shut down again in :meth:`close`). Ray's own actor restarts are off: the driver must give
+    back the dead actor's episodes and re-run the loop, which Ray would not do.
     """
 
-    def __init__(
-        self,
-        flat: torch.Tensor,
-        spec: ModelSpec,
-        env_id: str,
-        settings: A3CSettings,
-        workers: int,
-        seed: int,
-        budget: int,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        done: int = 0,
-        env_steps: int = 0,
-        adam_state: dict | None = None,
-        nonfinite: int = 0,
-        max_restarts: int = 3,
-        resume_count: int = 0,
-        address: str | None = None,
-    ):
-        if max_restarts < 0:
-            raise ValueError(f"max_restarts must be >= 0, got {max_restarts}")
-        self.spec, self.env_id, self.settings = spec, env_id, settings
-        self.n_workers, self.seed = workers, seed
-        self.max_restarts, self.resume_count = max_restarts, resume_count
+    def __init__(self, plan: RunPlan, state: RunState, address: str | None = None):
+        super().__init__(plan, state)
         self.owns_ray = False
+        workers = plan.workers
         if not ray.is_initialized():
             kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             if address is None:
@@ -262,144 +232,106 @@ class RayRunner:
         here = ray.get_runtime_context().get_node_id()
         strategy = NodeAffinitySchedulingStrategy(here, soft=True)
         self.ps = ParameterServer.options(scheduling_strategy=strategy).remote(
-            flat.detach().clone(), lr, betas, eps, adam_state, budget, done, env_steps, nonfinite
+            state.flat.detach().clone(),
+            plan.lr,
+            plan.betas,
+            plan.eps,
+            state.adam,
+            plan.budget,
+            state.episodes_done,
+            state.env_steps,
+            state.nonfinite,
         )
-        self.slots = {rank: _Slot(rank) for rank in range(workers)}
-        self.seed_log: list[dict] = []  # every worker actor started: rank, seed, pid, restart
-        self._pending: list[tuple[str, dict]] = []
-        self._stop_requested = self._stop_sent = False
-        self.final: dict | None = None  # the parameter server's last state, kept by close()
+        self.actors: dict[int, _Actor] = {}
+        self._incarnation = 0
+        self._stop_sent = False
         self._closed = False
 
-    def seeds(self) -> dict[int, int]:
-        return {r: worker_seed(self.seed, r, self.resume_count) for r in range(self.n_workers)}
+    def _launch(self, slot: Slot, learners: list[tuple[int, int]]) -> None:
+        self._incarnation += 1
+        token = (slot.rank, self._incarnation)
+        actor = RayWorker.remote()
+        where = actor.where.remote()  # runs first: calls to an actor run in order
+        plan = self.plan
+        run = actor.run.remote(
+            slot.rank, learners, plan.env_id, plan.spec, plan.settings, self.ps, token
+        )
+        self.actors[slot.rank] = _Actor(actor, run, where, token)
+        return None  # the pid follows in a "worker N started" event (see _started)
 
-    def _spawn(self, slot: _Slot) -> None:
-        seed = worker_seed(self.seed, slot.rank, self.resume_count, slot.restarts)
-        slot.actor = RayWorker.remote()
-        slot.where = slot.actor.where.remote()  # runs first: calls to an actor run in order
-        token = (slot.rank, slot.incarnation)
-        args = (slot.rank, seed, self.env_id, self.spec, self.settings, self.ps, token)
-        slot.run = slot.actor.run.remote(*args)
-        slot.log = {"worker": slot.rank, "seed": seed, "pid": None, "restart": slot.restarts}
-        slot.log["resume"] = self.resume_count
-        self.seed_log.append(slot.log)
-
-    def start(self) -> None:
-        for slot in self.slots.values():
-            self._spawn(slot)
-
-    def worker_pid(self, rank: int) -> int:
+    def pid(self, rank: int) -> int:
         """The OS process id of worker ``rank``'s current actor (on its node); waits for it."""
-        slot = self.slots[rank]
-        return slot.log["pid"] if slot.where is None else ray.get(slot.where)["pid"]
+        a = self.actors[rank]
+        return self.slots[rank].entry["pid"] if a.where is None else ray.get(a.where)["pid"]
 
-    def poll(self, timeout: float = 0.2) -> list[tuple[str, dict]]:
-        """Messages: ("episode", record), ("restart", info), ("error", info), ("exit", info),
-        ("event", {text}); episodes first, in the order they reached the parameter server."""
-        if self._stop_requested and not self._stop_sent:
+    def poll(self, timeout: float = 0.2) -> list:
+        if self.stopping and not self._stop_sent:
             self._send_stop()
         events, self._pending = self._pending, []
-        runs = {s.run: s for s in self.slots.values() if s.run is not None}
+        runs = {a.run: rank for rank, a in self.actors.items() if a.run is not None}
         if runs:
             ray.wait(list(runs), num_returns=1, timeout=0 if events else timeout)
             ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=0)
             for ref in ready:
-                events += self._finished(runs[ref])
+                events += self._finished(self.slots[runs[ref]])
         events += self._started()
-        out = [("episode", r) for r in ray.get(self.ps.drain.remote())]
+        out = [Episode(r) for r in ray.get(self.ps.drain.remote())]
         return out + events
 
-    def _started(self) -> list[tuple[str, dict]]:
+    def _started(self) -> list:
         """An event for each worker actor whose process is now known (pid, node)."""
         out = []
-        for slot in self.slots.values():
-            if slot.where is not None and ray.wait([slot.where], timeout=0)[0]:
-                out += self._announce(slot)
+        for rank, a in self.actors.items():
+            if a.where is not None and ray.wait([a.where], timeout=0)[0]:
+                out += self._announce(self.slots[rank], a)
         return out
 
-    def _announce(self, slot: _Slot) -> list[tuple[str, dict]]:
-        ref, slot.where = slot.where, None
+    def _announce(self, slot: Slot, a: _Actor) -> list:
+        ref, a.where = a.where, None
         try:
             info = ray.get(ref)
         except (RayActorError, RayTaskError):
             return []  # died before it started: reported by _finished
-        slot.log["pid"] = info["pid"]
-        text = f"worker {slot.rank} started pid={info['pid']} seed={slot.log['seed']} "
-        return [("event", {"text": text + f"node={info['node']}"})]
+        slot.entry["pid"] = info["pid"]
+        return [Event(self._started_text(slot, f" node={info['node']}"))]
 
-    def _finished(self, slot: _Slot) -> list[tuple[str, dict]]:
-        ref, slot.run = slot.run, None
-        exit_msg = ("exit", {"worker": slot.rank})
+    def _finished(self, slot: Slot) -> list:
+        a = self.actors[slot.rank]
+        ref, a.run = a.run, None
         # where() ran before run(), so it has resolved (or failed) by now
-        started = self._announce(slot) if slot.where is not None else []
+        started = self._announce(slot, a) if a.where is not None else []
         try:
             ray.get(ref)
-            return started + [exit_msg]
+            return started + self._after_exit(slot, None, False, 0)
         except (RayTaskError, RayActorError) as exc:
             failure = exc
-        # RayTaskError: run_worker raised; RayActorError: the process (or its node) died.
-        given_back = ray.get(self.ps.retire.remote((slot.rank, slot.incarnation)))
+        # RayTaskError: run_learners raised; RayActorError: the process (or its node) died.
+        given_back = ray.get(self.ps.retire.remote(a.token))
         fatal = isinstance(failure, NonFiniteError) or isinstance(
             getattr(failure, "cause", None), NonFiniteError
         )  # --on-nonfinite raise: abort, do not restart
         tb = str(failure).strip() or type(failure).__name__
         tb = f"worker {slot.rank} ({type(failure).__name__}):\n{tb}\n"
-        if self._stop_requested or fatal or slot.restarts >= self.max_restarts:
-            ray.kill(slot.actor)
-            if self._stop_requested and not fatal:
-                return started + [exit_msg]
-            note = "" if fatal else f" (restarts used: {slot.restarts}/{self.max_restarts})"
-            return started + [
-                ("error", {"worker": slot.rank, "traceback": tb + note, "fatal": fatal}),
-                exit_msg,
-            ]
-        ray.kill(slot.actor)  # a task failure leaves the actor alive: start afresh
-        slot.restarts += 1
-        slot.incarnation += 1
-        self._spawn(slot)
-        info = {
-            "worker": slot.rank,
-            "restart": slot.restarts,
-            "max_restarts": self.max_restarts,
-            "seed": slot.log["seed"],
-            "pid": "pending",  # the new actor's pid follows in a "worker N started" event
-            "episodes_given_back": given_back,
-            "traceback": tb,
-        }
-        return started + [("restart", info)]
+        ray.kill(a.actor)  # a task failure leaves the actor alive: start afresh
+        return started + self._after_exit(slot, tb, fatal, given_back)
 
-    def alive(self) -> bool:
-        return any(s.run is not None for s in self.slots.values())
-
-    def _state(self) -> dict:
-        return self.final if self.final is not None else ray.get(self.ps.state.remote())
-
-    def global_state(self) -> tuple[torch.Tensor, dict]:
-        """A consistent copy of the global parameters and the shared Adam state."""
-        state = self._state()
-        return state["flat"].clone(), state["adam"]
-
-    @property
-    def nonfinite_count(self) -> int:
-        return int(self._state()["nonfinite"])
-
-    @property
-    def env_steps(self) -> int:
-        return int(self._state()["env_steps"])
-
-    @property
-    def restarts(self) -> int:
-        return sum(s.restarts for s in self.slots.values())
-
-    def stop(self) -> None:
-        """Ask every worker to stop within S env steps (safe in a signal handler: only sets a
-        flag; the next :meth:`poll` or :meth:`close` tells the parameter server)."""
-        self._stop_requested = True
+    def sync(self) -> RunState:
+        s = (
+            self.final
+            if self._closed and self.final is not None
+            else ray.get(self.ps.state.remote())
+        )
+        self.state.flat = s["flat"].clone()
+        self.state.adam = s["adam"]
+        self.state.env_steps = int(s["env_steps"])
+        self.state.nonfinite = int(s["nonfinite"])
+        return self.state
 
     def _send_stop(self) -> None:
         self._stop_sent = True
         self.ps.stop.remote()
+
+    final: dict | None = None  # the parameter server's last state, kept by close()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the workers (wait up to ``timeout`` s), keep the final global state, remove the
@@ -409,16 +341,17 @@ class RayRunner:
         self._closed = True
         self.stop()
         self._send_stop()
-        runs = [s.run for s in self.slots.values() if s.run is not None]
+        runs = [a.run for a in self.actors.values() if a.run is not None]
         if runs:
             ray.wait(runs, num_returns=len(runs), timeout=timeout)
         try:
             self.final = ray.get(self.ps.state.remote())  # raises if the parameter server is lost
         finally:
+            for a in self.actors.values():
+                ray.kill(a.actor)
+                a.run = a.where = None
             for slot in self.slots.values():
-                if slot.actor is not None:
-                    ray.kill(slot.actor)
-                slot.run = slot.where = None
+                slot.finished = True
             ray.kill(self.ps)
             self._shutdown_ray()
 
