@@ -65,12 +65,18 @@ class StatevectorLayer(nn.Module):
 
     def __init__(self, n_qubits: int = 8, n_layers: int = 2, entangler: str = "double_ring"):
         super().__init__()
+        self._vqc_args = (n_qubits, n_layers, entangler)
         self.engine = _engine(n_qubits, n_layers, entangler)
         self.weight = nn.Parameter(init_vqc_weights(self.engine.num_weights))
         self.weight.is_quantum = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.engine(x, self.weight)
+
+    def functional(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """[B, n_qubits] inputs, per-sample weights ``w`` [B, n_weights] -> [B, n_qubits];
+        differentiable w.r.t. ``x`` and ``w`` (``w``'s gradient per sample)."""
+        return self.engine(x, w)
 
 
 # --------------------------------------------------------------------------------------------

@@ -219,15 +219,28 @@ class BatchedEstimatorQNN(EstimatorQNN):
         self.fuse = False
         self._cache: tuple[bytes, np.ndarray] | None = None
 
+    def values(self, values: np.ndarray) -> np.ndarray:
+        """<O> [N, n_obs] at circuit-parameter values [N, n_in + n_w] (inputs then weights, any
+        weights per row): one primitive call, one PUB."""
+        values = np.asarray(values, dtype=float).reshape(-1, self._circuit.num_parameters)
+        obs = ObservablesArray(list(self._observables)).reshape(-1, 1)
+        job = self.estimator.run([(self._circuit, obs, values)], precision=self._default_precision)
+        return np.asarray(job.result()[0].data.evs).reshape(-1, values.shape[0]).T
+
+    def values_and_gradients(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(<O> [N, n_obs], d<O>/d(inputs, weights) [N, n_obs, n_in + n_w]) at values
+        [N, n_in + n_w], gradients per row (never summed): one primitive call, one PUB."""
+        values = np.asarray(values, dtype=float).reshape(-1, self._circuit.num_parameters)
+        evs, grads = self.gradient.evaluate(self._circuit, self._observables, values)
+        return evs.T, np.transpose(grads, (1, 0, 2))
+
     def _forward(self, input_data, weights):
-        values, num_samples = self._preprocess_forward(input_data, weights)
+        values, _ = self._preprocess_forward(input_data, weights)
         if self.fuse:
             evs, grads = self.gradient.evaluate(self._circuit, self._observables, values)
             self._cache = (np.ascontiguousarray(values).tobytes(), grads)
             return evs.T
-        obs = ObservablesArray(list(self._observables)).reshape(-1, 1)
-        job = self.estimator.run([(self._circuit, obs, values)], precision=self._default_precision)
-        return np.asarray(job.result()[0].data.evs).reshape(-1, num_samples).T
+        return self.values(values)
 
     def _backward(self, input_data, weights):
         values, _ = self._preprocess_forward(input_data, weights)
@@ -240,6 +253,38 @@ class BatchedEstimatorQNN(EstimatorQNN):
         n_in = self._num_inputs
         input_grad = grads[..., :n_in] if self._input_gradients else None
         return input_grad, grads[..., n_in:]
+
+
+class PerSampleQNNFunction(torch.autograd.Function):
+    """``qnn`` at inputs ``x`` [B, n_in] with per-sample weights ``w`` [B, n_w] -> [B, n_obs].
+
+    With ``need_grad`` the forward pass computes values and parameter-shift gradients of every
+    sample in one primitive call (one PUB) and the backward pass only contracts them with the
+    incoming gradient: ``x`` and ``w`` get per-sample gradients [B, n_in] and [B, n_w]. Without
+    it, the forward pass is one call of B parameter sets.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, qnn: BatchedEstimatorQNN, need_grad: bool):
+        values = np.concatenate(
+            [x.detach().to(torch.float64).numpy(), w.detach().to(torch.float64).numpy()], axis=1
+        )
+        ctx.n_in, ctx.dtypes = x.shape[1], (x.dtype, w.dtype)
+        if not need_grad:
+            ctx.grads = None
+            return torch.from_numpy(qnn.values(values)).to(x.dtype)
+        evs, grads = qnn.values_and_gradients(values)
+        ctx.grads = torch.from_numpy(grads)  # [B, n_obs, n_in + n_w]
+        return torch.from_numpy(evs).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.grads is None:
+            raise RuntimeError("per-sample QNN: forward ran without gradients (no_grad)")
+        full = torch.einsum("bo,bop->bp", grad_out.to(torch.float64), ctx.grads)
+        gx = full[:, : ctx.n_in].to(ctx.dtypes[0])
+        gw = full[:, ctx.n_in :].to(ctx.dtypes[1])
+        return gx, gw, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,10 +587,30 @@ class QiskitLayer(nn.Module):
         return self.built.qnn.estimator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, n_qubits] -> [B, n_qubits] with the layer's own ``weight`` (TorchConnector)."""
         built = self.built
         built.qnn.fuse = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         # TorchConnector returns float32; the rest of the model is float64
         return built.connector(x).to(x.dtype)
+
+    def functional(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """[B, n_qubits] inputs, per-sample weights ``w`` [B, n_weights] -> [B, n_qubits].
+
+        Differentiable w.r.t. ``x`` and ``w``; ``w``'s gradient is per sample ([B, n_weights]).
+        One primitive call (one PUB) for the forward pass, values and gradients together when
+        autograd records; the backward pass makes no further call.
+        """
+        if x.dim() == 1:
+            x = x[None]
+        if w.dim() == 1:
+            w = w.expand(x.shape[0], -1)
+        if w.shape != (x.shape[0], self.weight.numel()) or x.shape[1] != self._vqc_args[0]:
+            raise ValueError(
+                f"expected inputs [B, {self._vqc_args[0]}] and weights [B, {self.weight.numel()}], "
+                f"got {tuple(x.shape)} and {tuple(w.shape)}"
+            )
+        need_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+        return PerSampleQNNFunction.apply(x, w, self.built.qnn, need_grad)
 
     def close(self) -> None:
         """Release the backend (closes an IBM Runtime session); safe to call twice."""
