@@ -94,6 +94,34 @@ def z_observables(n_qubits: int) -> list[SparsePauliOp]:
     ]
 
 
+def observable_diagonals(observables, n_qubits: int, readout: dict | None = None):
+    """The diagonals of I/Z observables as a real ``[n_obs, 2**n_qubits]`` float64 array
+    (entry ``[j, k]``: observable j's eigenvalue on basis state k, qubit 0 = bit 0 of k).
+
+    ``observables``: anything ``SparsePauliOp`` accepts (Pauli labels, Paulis, SparsePauliOps).
+    ``readout`` (optional): per qubit a 2x2 confusion matrix ``m[true, measured]``; the diagonal
+    is then the *expected measured* value of each basis state (``Z_q`` -> ``m[b, 0] - m[b, 1]``).
+    Raises ValueError for an X/Y term or a complex coefficient.
+    """
+    import numpy as np
+
+    k = np.arange(2**n_qubits)
+    out = np.zeros((len(observables), 2**n_qubits))
+    for j, obs in enumerate(observables):
+        for label, coeff in SparsePauliOp(obs).to_list():
+            if set(label) - {"I", "Z"}:
+                raise ValueError(f"diagonal (I/Z) observables only, got {label!r}")
+            if abs(complex(coeff).imag) > 1e-12:
+                raise ValueError(f"observable coefficient must be real, got {coeff}")
+            term = np.ones(2**n_qubits)
+            for q, ch in enumerate(reversed(label)):
+                if ch == "Z":
+                    m = np.asarray((readout or {}).get(q, np.eye(2)), dtype=float)
+                    term = term * np.array([m[0, 0] - m[0, 1], m[1, 0] - m[1, 1]])[(k >> q) & 1]
+            out[j] += complex(coeff).real * term
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m qa3c_qiskit.circuit", description="Draw the QA3C variational circuit."
