@@ -1,14 +1,17 @@
 """Algorithm 1 pieces: n-step returns, loss, shared Adam, and the gradient hand-off."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from qa3c_qiskit.a3c import A3CSettings, _update, a3c_loss, local_gradient, n_step_returns
+from qa3c_qiskit.a3c import A3CSettings, Segment, _update, a3c_loss, local_gradient, n_step_returns
+from qa3c_qiskit.checkpoint import RunState
 from qa3c_qiskit.models import ActorCritic, ModelSpec
 from qa3c_qiskit.optim import SharedAdam
+from qa3c_qiskit.runners.base import Episode, Failure, RunPlan
 from qa3c_qiskit.runners.local import LocalHub, LocalRunner
 
 SETTINGS = A3CSettings()
@@ -76,23 +79,26 @@ def test_gradient_handoff_applies_exactly_this_updates_gradient():
     adam = SharedAdam(model.flat.clone(), lr=1e-2)
     hub = RecordingHub(mp.get_context("spawn"), adam, budget=10, done=0, env_steps=0)
     hub.applied = []
-    hub.pull(model.flat)
+    thetas = model.flat.detach().clone()[None]  # one learner's theta'
+    hub.pull(thetas[0])
+    learner = SimpleNamespace(slot=0)
     grads = []
     for seed in (10, 11, 12):
         obs, actions, rewards, next_obs = _segment(seed)
         # reference: the gradient of this segment's loss at the current local parameters
         twin = ActorCritic(ModelSpec(4, 2, "classical"))
-        twin.flat.copy_(model.flat)
+        twin.flat.copy_(thetas[0])
         g_ref = local_gradient(
             twin, a3c_loss(twin, obs, actions, rewards, next_obs, False, SETTINGS)
         ).clone()
-        _update(model, hub, SETTINGS, list(obs), actions.tolist(), rewards, next_obs, False)
+        seg = Segment(list(obs), actions.tolist(), rewards, next_obs, False)
+        _update(model, thetas, [(learner, seg)], SETTINGS, hub)
         grads.append(g_ref)
         assert torch.allclose(hub.applied[-1], g_ref, atol=1e-14)
         # the local copy now equals the global parameters (pull after push)
-        assert torch.equal(model.flat, adam.params)
-    assert not torch.allclose(hub.applied[-1], grads[-1] + grads[-2])
-    # the shared Adam's first moment is exactly the EMA of the three applied gradients
+        assert torch.equal(thetas[0], adam.params)
+    # the shared Adam's first moment is exactly the EMA of the three applied gradients, so no
+    # update applied a sum with an earlier gradient
     b1 = 0.92
     m = torch.zeros_like(grads[0])
     for g in grads:
@@ -106,35 +112,26 @@ def test_local_runner_shares_adam_step_and_exact_episode_budget():
     torch.manual_seed(3)
     spec = ModelSpec(4, 2, "classical")
     model = ActorCritic(spec)
-    runner = LocalRunner(
-        flat=model.flat,
-        spec=spec,
-        env_id="CartPole-v1",
-        settings=SETTINGS,
-        workers=2,
-        seed=0,
-        budget=12,
-        lr=1e-3,
-        betas=(0.92, 0.999),
-        eps=1e-8,
-    )
+    plan = RunPlan(spec, "CartPole-v1", SETTINGS, workers=2, learners=2, seed=0, budget=12, lr=1e-3)
+    runner = LocalRunner(plan, RunState(flat=model.flat.detach().clone()))
     records = []
     runner.start()
     try:
         while runner.alive() or records == []:
-            for kind, payload in runner.poll(0.5):
-                assert kind != "error", payload
-                if kind == "episode":
-                    records.append(payload)
+            for msg in runner.poll(0.5):
+                assert not isinstance(msg, Failure), msg
+                if isinstance(msg, Episode):
+                    records.append(msg.record)
     finally:
         runner.close()
-    for kind, payload in runner.poll(0.5):
-        if kind == "episode":
-            records.append(payload)
+    for msg in runner.poll(0.5):
+        if isinstance(msg, Episode):
+            records.append(msg.record)
     assert len(records) == 12
-    assert {r["worker"] for r in records} <= {0, 1}
-    params, adam_state = runner.global_state()
+    assert {r["worker"] for r in records} == {0, 1}  # both processes ran episodes
+    state = runner.sync()
     expected_updates = sum(math.ceil(r["length"] / 5) for r in records)
-    assert adam_state["step"] == expected_updates
-    assert not torch.equal(params, model.flat)
+    assert state.adam["step"] == expected_updates
+    assert not torch.equal(state.flat, model.flat)
     assert max(r["env_steps"] for r in records) == sum(r["length"] for r in records)
+    assert state.env_steps == sum(r["length"] for r in records)

@@ -175,11 +175,14 @@ def test_checkpoint_contents(done_run):
 # 2. Ctrl-C / SIGTERM, then resume --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_everything_checkpoints_and_resumes(tmp_path, sig, code):
+@pytest.mark.parametrize(
+    "sig, code, learners",
+    [(signal.SIGINT, 130, 2), (signal.SIGTERM, 143, 2), (signal.SIGINT, 130, 6)],
+)
+def test_signal_stops_everything_checkpoints_and_resumes(tmp_path, sig, code, learners):
     run = tmp_path / "sig"
-    proc = cli(tmp_path, "sig", "--env", ENV_ID, "--workers", 2, "--episodes", 100_000,
-               "--checkpoint-every", 7, fault="slow@3")  # fmt: skip
+    proc = cli(tmp_path, "sig", "--env", ENV_ID, "--workers", 2, "--learners", learners,
+               "--episodes", 100_000, "--checkpoint-every", 7, fault="slow@3")  # fmt: skip
     wait_rows(run, 8, proc)
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole process group
@@ -201,7 +204,9 @@ def test_signal_stops_everything_checkpoints_and_resumes(tmp_path, sig, code):
     ckpt = assert_intact(run, total)
     assert ckpt["resume_count"] == 1
     resumed = [s for s in ckpt["worker_seeds"] if s["resume"] == 1]
-    assert sorted(s["seed"] for s in resumed) == [1000, 1001]  # fresh, recorded seeds
+    # fresh, recorded seeds for every learner
+    resumed_seeds = sorted(int(v) for s in resumed for v in s["learners"].values())
+    assert resumed_seeds == [1000 + i for i in range(learners)]
     assert not (tmp_path / "ignored").exists()
 
 
@@ -390,7 +395,19 @@ def test_worker_seeds_are_seed_plus_rank_and_recorded(tmp_path):
     import json
 
     run = train(cfg_for(tmp_path, workers=2, seed=7, episodes=6), show_table=False)
-    assert json.loads((run / "config.json").read_text())["worker_seeds"] == {"0": 7, "1": 8}
+    assert json.loads((run / "config.json").read_text())["learner_seeds"] == {"0": 7, "1": 8}
     ckpt = assert_intact(run, 6)
     assert sorted(s["seed"] for s in ckpt["worker_seeds"]) == [7, 8]
+
+
+def test_learner_seeds_are_seed_plus_learner_and_recorded(tmp_path):
+    import json
+
+    run = train(cfg_for(tmp_path, workers=2, learners=5, seed=7, episodes=9), show_table=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["learner_seeds"] == {str(i): 7 + i for i in range(5)}
+    assert config["learners_per_worker"] == {"0": [0, 2, 4], "1": [1, 3]}
+    ckpt = assert_intact(run, 9)
+    logged = {int(k): v for e in ckpt["worker_seeds"] for k, v in e["learners"].items()}
+    assert logged == {i: 7 + i for i in range(5)}
     assert not math.isnan(read_metrics(run)["return"].sum())

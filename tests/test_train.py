@@ -26,11 +26,11 @@ def test_run_directory_contents(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["env"] == "CartPole-v1" and config["lr"] == 1e-4 and config["gamma"] == 0.9
     assert config["beta1"] == 0.92 and config["update_every"] == 5
-    assert {int(k): v for k, v in config["worker_seeds"].items()} == {0: 5, 1: 6}
+    assert {int(k): v for k, v in config["learner_seeds"].items()} == {0: 5, 1: 6}
     with open(run / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["episode"]) for r in rows] == list(range(1, 13))
-    assert set(rows[0]) >= {"episode", "worker", "return", "length", "wall_time", "env_steps"}
+    assert set(rows[0]) >= {"episode", "worker", "learner", "return", "length", "wall_time", "env_steps"}
     steps = [int(r["env_steps"]) for r in rows]
     assert steps[-1] >= sum(int(r["length"]) for r in rows) - 10 and min(steps) > 0
     saved = torch.load(run / "model.pt", weights_only=False)
