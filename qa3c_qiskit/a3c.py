@@ -225,6 +225,19 @@ def run_learners(
         model.close()
 
 
+def sample_actions(probs: torch.Tensor, gens: list[torch.Generator]) -> list[int]:
+    """One action per row of ``probs`` [K, A], row ``j`` drawn with generator ``gens[j]``.
+
+    Exactly ``torch.multinomial(probs[j], 1, generator=gens[j])`` for every row (PyTorch's own
+    one-sample path: ``argmax(p / q)`` with ``q ~ Exp(1)`` drawn from the row's generator; the
+    same draws, tested), ~10x cheaper per learner than one multinomial call each.
+    """
+    q = torch.empty_like(probs)
+    for j, gen in enumerate(gens):
+        q[j].exponential_(1, generator=gen)
+    return (probs / q).argmax(1).tolist()
+
+
 def _claim_and_start(learner: Learner, hub) -> bool:
     if hub.should_stop() or not hub.claim_episode():
         return False
@@ -240,11 +253,11 @@ def _loop(rank, group, thetas, model, settings, hub) -> None:
         obs = torch.stack([learner.obs for learner in active])
         with torch.no_grad():
             probs = torch.softmax(model.batched_logits(thetas[slots], obs), dim=-1)
+        # < spec.n_actions (6 on MiniGrid: "done" is never chosen)
+        actions = sample_actions(probs, [learner.gen for learner in active])
         closed: list[tuple[Learner, Segment]] = []
         finished: list[Learner] = []
-        for j, learner in enumerate(active):
-            # < spec.n_actions (6 on MiniGrid: "done" is never chosen)
-            action = int(torch.multinomial(probs[j], 1, generator=learner.gen))
+        for learner, action in zip(active, actions):
             obs_np, reward, terminated, truncated, _ = learner.env.step(action)
             next_obs = torch.from_numpy(obs_np)
             learner.ep_return += float(reward)
