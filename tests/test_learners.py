@@ -214,3 +214,14 @@ def test_one_worker_with_learners_is_deterministic(tmp_path, model_kind):
     assert torch.equal(ca["flat"], cb["flat"])
     c = train(_cfg(tmp_path, "c", **{**kw, "seed": 1}), show_table=False)
     assert not torch.equal(ca["flat"], load_checkpoint(c / CHECKPOINT)["flat"])
+
+
+def test_vectorised_sampling_draws_what_multinomial_draws():
+    probs = torch.softmax(torch.randn(300, 3, dtype=torch.float64), -1)
+    gens = [torch.Generator().manual_seed(i) for i in range(300)]
+    twins = [torch.Generator().manual_seed(i) for i in range(300)]
+    for _ in range(3):  # also the generators' later draws
+        got = a3c.sample_actions(probs, gens)
+        want = [int(torch.multinomial(probs[j], 1, generator=twins[j])) for j in range(300)]
+        assert got == want
+    assert set(got) == {0, 1, 2}

@@ -1,0 +1,106 @@
+"""Env steps/s of ONE process hosting K actor-learners (the real loop, batched acting and
+per-learner updates), for K = 1, 8, 40.
+
+Runs :func:`qa3c_qiskit.a3c.run_learners` in this process on one torch thread, against an
+in-process hub around a real :class:`~qa3c_qiskit.optim.SharedAdam` (what the local runner's
+shared-memory hub does, minus the lock), for the quantum agent on the exact ``statevector``
+backend and for the classical twin, on CartPole-v1 and MiniGrid-SimpleCrossingS9N1; then the
+wall time per env step of the quantum agent on ``aer_shots`` (Aer, 1,024 shots) at K = 1 and 40.
+
+    python benchmarks/learners.py                 # the full table (~3-4 min on 2 cores)
+    python benchmarks/learners.py --steps 4000 --shots-steps 200
+
+An "env step" is one learner's step; a process at K learners does K of them per batched call.
+Check with ``ps`` that nothing else runs: on two cores one stray run halves every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from qa3c_qiskit.a3c import A3CSettings, run_learners
+from qa3c_qiskit.envs import env_info
+from qa3c_qiskit.models import ActorCritic, ModelSpec
+from qa3c_qiskit.optim import SharedAdam
+
+ENVS = ("CartPole-v1", "MiniGrid-SimpleCrossingS9N1-v0")
+
+
+class BenchHub:
+    """In-process hub: never-ending episode budget, stops after ``max_steps`` env steps. The
+    clock starts at the first pull (after models and environments are built)."""
+
+    def __init__(self, flat: torch.Tensor, max_steps: int):
+        self.adam = SharedAdam(flat.clone())
+        self.max_steps, self.steps, self.start = max_steps, 0, None
+
+    def claim_episode(self) -> bool:
+        return True
+
+    def push_pull(self, grad, local_flat) -> None:
+        self.adam.step(grad)
+        local_flat.copy_(self.adam.params)
+
+    def pull(self, local_flat) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+        local_flat.copy_(self.adam.params)
+
+    def add_steps(self, n: int) -> int:
+        self.steps += n
+        return self.steps
+
+    def episodes_done(self, records) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return self.steps >= self.max_steps
+
+    def nonfinite(self) -> None:
+        pass
+
+
+def measure(env_id: str, model: str, k: int, steps: int, backend: str = "statevector") -> float:
+    """Env steps/s of one process hosting ``k`` learners (after a short warm-up)."""
+    info = env_info(env_id)
+    spec = ModelSpec(info.obs_dim, info.n_actions, model, backend=backend)
+    torch.manual_seed(0)
+    flat = ActorCritic(spec).flat
+    learners = [(i, i) for i in range(k)]
+    run_learners(0, learners, env_id, spec, A3CSettings(), BenchHub(flat, min(steps, 10 * k)))
+    hub = BenchHub(flat, steps)
+    run_learners(0, learners, env_id, spec, A3CSettings(), hub)
+    return hub.steps / (time.perf_counter() - hub.start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=8000, help="env steps per statevector row")
+    ap.add_argument("--shots-steps", type=int, default=400, help="env steps per aer_shots row")
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 8, 40])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"one process, one torch thread; {args.steps} env steps per row\n")
+    print(
+        f"| env | model | {' | '.join(f'K={k} steps/s' for k in args.ks)} | K={args.ks[-1]} / K=1 |"
+    )
+    print("|---|---|" + "---:|" * (len(args.ks) + 1))
+    for env_id in ENVS:
+        for model in ("quantum", "classical"):
+            rates = [measure(env_id, model, k, args.steps) for k in args.ks]
+            name = "quantum (statevector)" if model == "quantum" else "classical twin"
+            cells = " | ".join(f"{r:,.0f}" for r in rates)
+            print(f"| {env_id} | {name} | {cells} | {rates[-1] / rates[0]:.1f}x |", flush=True)
+    print("\naer_shots (Aer, 1,024 shots), CartPole-v1, quantum:\n")
+    print("| K | env steps/s | ms of wall time per env step | ms per batched step |")
+    print("|---:|---:|---:|---:|")
+    for k in (1, 40):
+        rate = measure("CartPole-v1", "quantum", k, max(args.shots_steps, 2 * k), "aer_shots")
+        print(f"| {k} | {rate:,.0f} | {1e3 / rate:.2f} | {1e3 * k / rate:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
