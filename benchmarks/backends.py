@@ -21,20 +21,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from qa3c_qiskit import backends
 from qa3c_qiskit.a3c import A3CSettings, a3c_loss, local_gradient
-from qa3c_qiskit.backends import StatevectorLayer, quantum_layer_factory
+from qa3c_qiskit.backends import QiskitLayer, StatevectorLayer, noise, quantum_layer_factory
+from qa3c_qiskit.backends.estimators import CountingEstimator
+from qa3c_qiskit.backends.gradient import BuiltQNN
 from qa3c_qiskit.models import ActorCritic, ModelSpec
-from qa3c_qiskit.qiskit_layer import CountingEstimator, QiskitLayer, _Built
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class DefaultGradientLayer(QiskitLayer):
@@ -65,7 +61,7 @@ class DefaultGradientLayer(QiskitLayer):
             )
             connector = TorchConnector(qnn)
             connector._weights = self.weight
-            self._built = _Built(qnn, connector, None)
+            self._built = BuiltQNN(qnn, connector, None)
         return self._built
 
     def close(self):
@@ -76,12 +72,12 @@ class DefaultGradientLayer(QiskitLayer):
 def full_noise_model():
     """``aer_noisy`` as first built: the noise model holds every gate error of the 8 logical
     qubits (all 56 ordered CX pairs, reset/id/x/sx), not only those the circuit uses."""
-    compact = backends.logical_noise_model
-    backends.logical_noise_model = lambda device, n, circuit=None: compact(device, n)
+    compact = noise.logical_noise_model
+    noise.logical_noise_model = lambda device, n, circuit=None: compact(device, n)
     try:
         yield
     finally:
-        backends.logical_noise_model = compact
+        noise.logical_noise_model = compact
 
 
 def counters(model) -> list:
@@ -158,17 +154,10 @@ def main(argv=None) -> None:
         plan.append(("aer_device", 3, 0))  # an update is ~1400 routed noisy circuits: skipped
     variants = {}  # row label -> (backend name or profile path, context)
     if args.noisy_before:
-        # aer_noisy's profile with Aer's density matrix instead of the in-package engine
-        tmp = Path(tempfile.mkdtemp(prefix="qa3c_bench_"))
-        aer = tmp / "aer_noisy_aer.toml"
-        aer.write_text(
-            (ROOT / "backends" / "aer_noisy.toml")
-            .read_text()
-            .replace('method = "torch_density_matrix"', 'method = "density_matrix"')
-        )
+        # aer_noisy's noise on Aer's density matrix instead of the in-package engine
         variants = {
-            "aer_noisy, before (Aer DM, full model)": (str(aer), full_noise_model),
-            "aer_noisy, Aer DM, compact model": (str(aer), contextlib.nullcontext),
+            "aer_noisy, before (Aer DM, full model)": ("aer_noisy_aer", full_noise_model),
+            "aer_noisy, Aer DM, compact model": ("aer_noisy_aer", contextlib.nullcontext),
         }
         noisy = next(i for i, row in enumerate(plan) if row[0] == "aer_noisy")
         for label in reversed(list(variants)):

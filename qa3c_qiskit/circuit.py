@@ -86,6 +86,13 @@ def build_vqc(n_qubits: int = 8, n_layers: int = 2, entangler: str = "double_rin
     return VQC(qc, x, w, z_observables(n_qubits))
 
 
+def init_vqc_weights(n: int):
+    """VQC weights 0.01 * N(0, 1) as a float64 torch tensor, as in the closest public QA3C code."""
+    import torch
+
+    return 0.01 * torch.randn(n, dtype=torch.float64)
+
+
 def z_observables(n_qubits: int) -> list[SparsePauliOp]:
     """``Z_i`` on every qubit ``i`` (Qiskit's little-endian Pauli labels)."""
     return [

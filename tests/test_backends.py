@@ -141,9 +141,10 @@ def test_density_engine_matches_aer_density_matrix_values_gradients_and_readout(
     from qiskit_aer import AerSimulator
     from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
 
+    from qa3c_qiskit.backends.density import NoisyDensityEstimator
+    from qa3c_qiskit.backends.estimators import apply_readout
+    from qa3c_qiskit.backends.gradient import BatchedParamShiftGradient
     from qa3c_qiskit.circuit import build_vqc
-    from qa3c_qiskit.density import NoisyDensityEstimator, _apply_readout
-    from qa3c_qiskit.qiskit_layer import BatchedParamShiftGradient
 
     vqc = build_vqc(4, 1, "ring")
     device = backends.fake_backend("FakeGuadalupeV2")
@@ -166,7 +167,7 @@ def test_density_engine_matches_aer_density_matrix_values_gradients_and_readout(
     prep.save_probabilities(label="p")
     binds = [{p: values[:, i] for i, p in enumerate(circuit.parameters)}]
     res = sim.run([prep], shots=1, parameter_binds=binds).result()
-    probs = _apply_readout(np.stack([res.data(i)["p"] for i in range(3)]), 4, readout)
+    probs = apply_readout(np.stack([res.data(i)["p"] for i in range(3)]), 4, readout)
     z = 1 - 2 * ((np.arange(16)[None, :] >> np.arange(4)[:, None]) & 1)
     assert np.allclose(evs, z @ probs.T, atol=1e-8)
     assert np.abs(evs - v1).max() > 1e-3  # readout errors are really applied

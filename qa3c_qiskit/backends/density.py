@@ -1,9 +1,9 @@
-"""Noisy density-matrix estimator for ``aer_noisy``: exact mixed-state expectation values with
+"""Noisy density-matrix estimator (profile kind ``torch_density``, e.g. ``aer_noisy``): exact mixed-state expectation values with
 parameter-shift gradients from one forward and one backward sweep.
 
 The circuit is the VQC transpiled to the device's basis (``rz``, ``sx``, ``x``, ``cx``) on the
 logical qubits; every ``sx``/``x``/``cx`` is followed by the device's calibrated error for that
-gate and qubit(s) (:func:`qa3c_qiskit.backends.logical_gate_errors`: depolarizing + thermal
+gate and qubit(s) (:func:`qa3c_qiskit.backends.noise.logical_gate_errors`: depolarizing + thermal
 relaxation, as Aer's ``basic_device_gate_errors`` builds them), folded with the gate into one
 superoperator; ``rz`` is virtual on IBM devices (no error). Readout errors (per-qubit confusion
 matrices) are applied to the outcome distribution. Consecutive fixed one-qubit gates on a qubit
@@ -22,7 +22,7 @@ channels, all observables at once). This gives *exactly* the values the 1 + 2G s
 circuits would give, from 2 sweeps instead of 1 + 2G simulations.
 
 Shots: the unshifted values of a forward call sample ``shots`` outcomes from the exact noisy
-outcome distribution (readout confusion applied), as :class:`~qa3c_qiskit.qiskit_layer.AerShotEstimator`
+outcome distribution (readout confusion applied), as :class:`~qa3c_qiskit.backends.estimators.AerShotEstimator`
 does. The shifted values sample each observable ``Z_i`` from its exact +-1 distribution
 (binomial), so each estimate has exactly the statistics of ``shots`` measurements; what is not
 reproduced is the correlation between the estimates of different ``Z_i`` of one shifted circuit
@@ -36,10 +36,21 @@ import math
 import numpy as np
 import torch
 from qiskit.circuit import Parameter, QuantumCircuit
-from qiskit.primitives import BaseEstimatorV2, PrimitiveJob, PrimitiveResult
-from qiskit.primitives.containers import DataBin, EstimatorPubLike, PubResult
+from qiskit.primitives import BaseEstimatorV2, PrimitiveResult
+from qiskit.primitives.containers import EstimatorPubLike
 from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.quantum_info import Kraus, Operator
+
+from .estimators import (
+    CircuitCache,
+    apply_readout,
+    broadcast_evs,
+    diagonals,
+    pub_result,
+    shots_for,
+    submit,
+)
+from .gradient import GateShiftPlan
 
 
 class _Compiled:
@@ -105,8 +116,9 @@ class NoisyDensityEstimator(BaseEstimatorV2):
     ``errors`` = {(gate name, qubits): QuantumError}; ``readout`` = {qubit: M[true, measured]};
     ``shots=None`` gives exact values. ``run`` accepts any circuit whose parameterized gates are
     ``rz`` of one parameter expression each (the VQC transpiled to an IBM basis);
-    :meth:`shift_values` is the fast parameter-shift path used by
-    :class:`~qa3c_qiskit.qiskit_layer.BatchedParamShiftGradient`.
+    :meth:`shift_values` is the fast parameter-shift path (the
+    :class:`~qa3c_qiskit.backends.estimators.ShiftValuesEstimator` protocol) used by
+    :class:`~qa3c_qiskit.backends.gradient.BatchedParamShiftGradient`.
     """
 
     def __init__(
@@ -128,24 +140,23 @@ class NoisyDensityEstimator(BaseEstimatorV2):
         self.shots = shots
         self.chunk = chunk
         self._rng = np.random.default_rng(seed)
-        self._compiled: dict[int, tuple] = {}
-        self._plans: dict[int, tuple] = {}
+        self._compiled = CircuitCache()
+        self._plans = CircuitCache()
         self._block_cache: dict = {}
 
     # ---------------------------------------------------------------- compilation / sweeps
     def _compile(self, circuit: QuantumCircuit, params: list[Parameter], dtype=None) -> _Compiled:
         dtype = dtype or self.dtype
-        key = (id(circuit), tuple(params), dtype)
-        hit = self._compiled.get(key)
-        if hit is None or hit[0] is not circuit:
+
+        def build():
             compiled = _Compiled(circuit, params, self.errors)
             compiled.ops = [
                 (op[0], op[1], op[2].to(dtype)) if op[0] == "S" else op for op in compiled.ops
             ]
             compiled.dtype = dtype
-            hit = (circuit, compiled)
-            self._compiled[key] = hit
-        return hit[1]
+            return compiled
+
+        return self._compiled.get(circuit, build, (tuple(params), dtype))
 
     # Layout: the state is a tensor [L, 4^n] (L = batch) made of one 4-entry block per qubit,
     # (row bit, column bit), blocks in the order ``qorder`` (first = most significant). A
@@ -242,23 +253,7 @@ class NoisyDensityEstimator(BaseEstimatorV2):
 
     def _observable_diagonals(self, observables, n: int) -> np.ndarray:
         """Each observable's diagonal [n_obs, 2^n], readout folded in (E[measured value])."""
-        outcomes = np.arange(2**n)
-        out = []
-        for obs in observables:
-            diag = np.zeros(2**n)
-            for label, coeff in obs.to_list():
-                if set(label) - {"I", "Z"}:
-                    raise ValueError(f"density engine needs I/Z observables, got {label!r}")
-                term = np.ones(2**n)
-                for q, ch in enumerate(reversed(label)):
-                    if ch == "Z":
-                        bit = (outcomes >> q) & 1
-                        m = self.readout.get(q, np.eye(2))
-                        r = np.array([m[0, 0] - m[0, 1], m[1, 0] - m[1, 1]])
-                        term = term * r[bit]
-                diag += float(np.real(coeff)) * term
-            out.append(diag)
-        return np.stack(out)
+        return diagonals(observables, n, self.readout)
 
     # ---------------------------------------------------------------- fast parameter shift
     def shift_values(
@@ -313,11 +308,7 @@ class NoisyDensityEstimator(BaseEstimatorV2):
         return self._sample_marginals(out, precision)
 
     def _shots_of(self, precision: float | None) -> int | None:
-        if precision is None:
-            return self.shots
-        if precision == 0:
-            return None
-        return math.ceil(1.0 / precision**2)
+        return shots_for(precision, self.shots)
 
     def _sample_marginals(self, exact: np.ndarray, precision) -> np.ndarray:
         """``shots`` +-1 outcomes per value (binomial); valid for single Z strings, where the
@@ -330,26 +321,16 @@ class NoisyDensityEstimator(BaseEstimatorV2):
 
     # ---------------------------------------------------------------- EstimatorV2
     def run(self, pubs: list[EstimatorPubLike], *, precision: float | None = None):
-        coerced = [EstimatorPub.coerce(pub, precision) for pub in pubs]
-        job = PrimitiveJob(self._run, coerced)
-        job._submit()
-        return job
+        return submit(self._run, pubs, precision)
 
-    def _plan(self, circuit: QuantumCircuit):
-        from .qiskit_layer import GateShiftPlan
-
-        hit = self._plans.get(id(circuit))
-        if hit is None or hit[0] is not circuit:
-            hit = (circuit, GateShiftPlan(circuit))
-            self._plans[id(circuit)] = hit
-        return hit[1]
+    def _plan(self, circuit: QuantumCircuit) -> GateShiftPlan:
+        return self._plans.get(circuit, lambda: GateShiftPlan(circuit))
 
     def _run(self, pubs: list[EstimatorPub]) -> PrimitiveResult:
         out = []
         for pub in pubs:
             plan = self._plan(pub.circuit)
             c = self._compile(plan.gate_circuit, plan.thetas, self.run_dtype)
-            shape = pub.parameter_values.shape
             values = pub.parameter_values.as_array(plan.params).reshape(-1, len(plan.params))
             theta = torch.as_tensor(plan.angles(values))
             probs = np.concatenate(
@@ -359,42 +340,12 @@ class NoisyDensityEstimator(BaseEstimatorV2):
                 ]
             )
             shots = self._shots_of(pub.precision)
-            probs = np.clip(probs, 0.0, None)
-            probs = _apply_readout(probs, c.n, self.readout)
+            probs = apply_readout(np.clip(probs, 0.0, None), c.n, self.readout)
             if shots is not None:
                 probs = self._rng.multinomial(shots, probs / probs.sum(1, keepdims=True)) / shots
-            diags = self._observable_diagonals_plain(pub.observables.ravel(), c.n)
-            terms = probs @ diags.T  # [size, n_obs]
-            obs = pub.observables
-            bshape = np.broadcast_shapes(shape, obs.shape)
-            pidx = np.broadcast_to(np.arange(int(np.prod(shape))).reshape(shape), bshape)
-            oidx = np.broadcast_to(np.arange(obs.size).reshape(obs.shape), bshape)
-            evs = terms[pidx, oidx]
-            n_shots = shots or 0
-            stds = np.sqrt(np.maximum(0.0, 1.0 - evs**2) / n_shots) if n_shots else 0 * evs
-            out.append(
-                PubResult(
-                    DataBin(evs=evs, stds=stds, shape=evs.shape),
-                    metadata={"shots": n_shots, "target_precision": pub.precision},
-                )
-            )
+            terms = probs @ diagonals(pub.observables, c.n).T  # [size, n_obs]
+            out.append(pub_result(broadcast_evs(terms, pub), shots, pub.precision))
         return PrimitiveResult(out, metadata={"version": 2})
-
-    def _observable_diagonals_plain(self, flat, n: int) -> np.ndarray:
-        """Observable diagonals without readout (readout is applied to the distribution)."""
-        saved, self.readout = self.readout, {}
-        try:
-            return self._observable_diagonals([_to_sparse(o) for o in flat], n)
-        finally:
-            self.readout = saved
-
-
-def _to_sparse(obs):
-    from qiskit.quantum_info import SparsePauliOp
-
-    if isinstance(obs, dict):
-        return SparsePauliOp.from_list(list(obs.items()))
-    return obs
 
 
 def _rz_phase(theta: torch.Tensor) -> torch.Tensor:
@@ -402,14 +353,3 @@ def _rz_phase(theta: torch.Tensor) -> torch.Tensor:
     e = torch.exp(-0.5j * theta.to(torch.complex128))  # U[0] = e^{-i t/2}, U[1] = e^{+i t/2}
     u = torch.stack([e, e.conj()], dim=-1)  # [B, 2]
     return u[:, :, None] * u.conj()[:, None, :]
-
-
-def _apply_readout(probs: np.ndarray, n: int, readout: dict) -> np.ndarray:
-    """Per-qubit confusion matrices M[true, measured] applied to distributions [S, 2^n]."""
-    if readout:
-        t = probs.reshape((probs.shape[0],) + (2,) * n)
-        for q, m in readout.items():
-            axis = n - q
-            t = np.moveaxis(np.tensordot(t, m, axes=([axis], [0])), -1, axis)
-        probs = t.reshape(probs.shape[0], -1)
-    return probs

@@ -1,0 +1,7 @@
+"""``python -m qa3c_qiskit.backends``: the table of known backends."""
+
+import sys
+
+from .registry import main
+
+sys.exit(main())

@@ -1,0 +1,269 @@
+"""Backend registry: a backend name (or a profile TOML path) -> a checked :class:`Profile`.
+
+Profiles are TOML files. ``--backend NAME`` finds ``NAME.toml`` in, first to last: the folders
+listed in ``$QA3C_BACKENDS_DIR``, the ``backends/`` folder of the working directory (the user
+folder; the top-level ``backends/`` of a checkout) and the built-in profiles shipped inside the
+package (``qa3c_qiskit/backends/profiles/``); ``--backend path/to/profile.toml`` loads that file.
+A user adds a backend by adding a file. Fields (all optional except ``kind``):
+
+* ``kind``: ``statevector`` (the in-package exact torch engine, autograd), ``aer`` (Aer on the
+  logical qubits; exact when ``shots`` is absent, sampled otherwise; with ``noise_source`` the
+  circuit is decomposed into the device's basis gates and gets that device's noise),
+  ``torch_density`` (the in-package noisy density-matrix engine of
+  :mod:`qa3c_qiskit.backends.density`: the same logical-qubit device noise as ``aer`` with
+  ``noise_source``, exact or sampled, fast parameter shift; no Aer simulation),
+  ``aer_device`` (the fake device's noise model *and* coupling map: transpiled and routed,
+  observables follow the layout), ``ibm_runtime`` (one IBM Runtime ``Session`` per worker);
+* ``description``, ``shots`` (int > 0), ``seed`` (simulator/transpiler seed, int),
+  ``noise_source`` (a ``qiskit_ibm_runtime.fake_provider`` backend, e.g. ``FakeGuadalupeV2``),
+  ``method`` (Aer simulation method, Aer kinds only), ``optimization_level`` (0-3);
+* ``[runtime]`` (``ibm_runtime`` only): ``channel``, ``instance``, ``backend`` (an IBM backend
+  name), ``fake_backend`` (a fake backend: local testing mode, no network or account needed).
+
+Run ``python -m qa3c_qiskit.backends`` for the table of known backends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from .noise import fake_backend
+
+# --------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------
+KINDS = ("statevector", "aer", "torch_density", "aer_device", "ibm_runtime")
+AER_METHODS = ("automatic", "statevector", "density_matrix", "matrix_product_state")
+RUNTIME_KEYS = ("channel", "instance", "backend", "fake_backend")
+BACKENDS_ENV = "QA3C_BACKENDS_DIR"
+#: the built-in profiles, shipped as package data
+BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
+#: the user folder, relative to the working directory
+USER_DIR = "backends"
+SESSION_LOG_ENV = "QA3C_SESSION_LOG"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One backend profile (a TOML file in ``backends/``)."""
+
+    name: str
+    kind: str
+    description: str = ""
+    shots: int | None = None
+    seed: int | None = None
+    noise_source: str | None = None
+    method: str = "automatic"
+    optimization_level: int = 1
+    runtime: dict = field(default_factory=dict)
+    path: str | None = None
+
+    def needs(self) -> str:
+        """A short human description of what the backend needs to run."""
+        fake = " + qiskit-ibm-runtime (fake backend)" if self.noise_source else ""
+        if self.kind == "statevector":
+            return "nothing (torch)"
+        if self.kind == "torch_density":
+            # qiskit-aer only builds the device's error channels; it simulates nothing
+            return "nothing (torch)" + (" + qiskit-aer (noise channels)" + fake if fake else "")
+        if self.kind in ("aer", "aer_device"):
+            return "qiskit-aer" + fake
+        if self.runtime.get("fake_backend"):
+            return "qiskit-ibm-runtime (local testing mode)"
+        return "qiskit-ibm-runtime + saved IBM Quantum account (network)"
+
+
+def backend_dirs() -> list[Path]:
+    """Folders searched for ``NAME.toml``, first wins: ``$QA3C_BACKENDS_DIR`` entries, the
+    working directory's ``backends/``, the built-in profiles."""
+    dirs = [Path(p) for p in os.environ.get(BACKENDS_ENV, "").split(os.pathsep) if p]
+    return [*dirs, Path(USER_DIR), BUILTIN_DIR]
+
+
+def known_backends() -> dict[str, Path]:
+    """{name: profile path} of every profile found (earlier folders win)."""
+    found: dict[str, Path] = {}
+    for d in backend_dirs():
+        if d.is_dir():
+            for p in sorted(d.glob("*.toml")):
+                found.setdefault(p.stem, p)
+    found.setdefault("statevector", Path("<built-in>"))
+    return found
+
+
+def _is_path(name: str) -> bool:
+    return name.endswith(".toml") or os.sep in name or "/" in name
+
+
+def load_profile(name: str) -> Profile:
+    """The profile called ``name`` or stored at path ``name``; ValueError if unknown or malformed."""
+    if _is_path(name):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"backend profile file {name!r} not found")
+    else:
+        known = known_backends()
+        if name not in known:
+            raise ValueError(
+                f"unknown backend {name!r}; known backends: {', '.join(sorted(known))}"
+            )
+        path = known[name]
+        if str(path) == "<built-in>":
+            return Profile(name="statevector", kind="statevector", description=_SV_DESCRIPTION)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"backend profile {str(path)!r} is not valid TOML: {exc}") from None
+    allowed = {f.name for f in fields(Profile)} - {"path"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ValueError(
+            f"backend profile {str(path)!r}: unknown field(s) {', '.join(sorted(unknown))}; "
+            f"accepted: {', '.join(sorted(allowed))}"
+        )
+    data.setdefault("name", path.stem)
+    if "kind" not in data:
+        raise ValueError(
+            f"backend profile {str(path)!r} has no 'kind'; choose one of {', '.join(KINDS)}"
+        )
+    return Profile(**data, path=str(path))
+
+
+_SV_DESCRIPTION = "exact torch statevector engine (default), exact adjoint gradients"
+
+
+def profile_problems(p: Profile, n_qubits: int | None = None) -> list[str]:
+    """Everything wrong with profile ``p`` (checked before any worker starts)."""
+    where = f"backend {p.name!r}"
+    out = []
+    if p.kind not in KINDS:
+        return [f"{where}: unknown kind {p.kind!r}; choose one of {', '.join(KINDS)}"]
+    if p.shots is not None and (not isinstance(p.shots, int) or p.shots <= 0):
+        out.append(f"{where}: shots must be a positive integer, got {p.shots!r}")
+    if p.method not in AER_METHODS:
+        out.append(f"{where}: unknown method {p.method!r}; choose one of {', '.join(AER_METHODS)}")
+    elif p.method != "automatic" and p.kind not in ("aer", "aer_device"):
+        out.append(f"{where}: method is an Aer simulation method, for Aer kinds only")
+    if p.optimization_level not in (0, 1, 2, 3):
+        out.append(f"{where}: optimization_level must be 0-3, got {p.optimization_level!r}")
+    if p.kind == "statevector" and p.shots is not None:
+        out.append(f"{where}: the statevector engine is exact; use an aer profile for shots")
+    if p.kind in ("aer_device", "ibm_runtime") and p.shots is None:
+        out.append(f"{where}: kind {p.kind!r} samples; set shots")
+    if p.kind == "aer_device" and not p.noise_source:
+        out.append(f"{where}: kind 'aer_device' needs noise_source (a fake backend name)")
+    devices = []
+    if p.noise_source:
+        devices.append(p.noise_source)
+    if p.kind == "ibm_runtime":
+        bad = set(p.runtime) - set(RUNTIME_KEYS)
+        if bad:
+            out.append(
+                f"{where}: unknown [runtime] key(s) {', '.join(sorted(bad))}; "
+                f"accepted: {', '.join(RUNTIME_KEYS)}"
+            )
+        if p.runtime.get("fake_backend"):
+            devices.append(p.runtime["fake_backend"])
+        else:
+            out.extend(_credential_problems(p))
+    for dev in devices:
+        try:
+            backend = fake_backend(dev)
+        except ValueError as exc:
+            out.append(f"{where}: {exc}")
+            continue
+        if n_qubits is not None and backend.num_qubits < n_qubits:
+            out.append(f"{where}: {dev} has {backend.num_qubits} qubits, the VQC needs {n_qubits}")
+    return out
+
+
+def _credential_problems(p: Profile) -> list[str]:
+    where = f"backend {p.name!r}"
+    try:
+        from qiskit_ibm_runtime import QiskitRuntimeService
+    except ImportError:
+        return [f"{where} needs qiskit-ibm-runtime (pip install 'qa3c-qiskit[ibm]')"]
+    if not p.runtime.get("backend"):
+        return [f"{where}: set [runtime] backend (an IBM backend name) or fake_backend"]
+    try:
+        accounts = QiskitRuntimeService.saved_accounts()
+    except Exception:  # noqa: BLE001 - an unreadable account file is the same as none
+        accounts = {}
+    if not accounts and not os.environ.get("QISKIT_IBM_TOKEN"):
+        return [
+            f"{where}: no saved IBM Quantum credentials (run QiskitRuntimeService.save_account(...) "
+            f"or set [runtime] fake_backend for local testing mode)"
+        ]
+    return []
+
+
+def resolve(name: str, shots: int | None = None, n_qubits: int | None = None) -> Profile:
+    """Load and check the profile ``name`` (``shots`` overrides its shot count)."""
+    p = load_profile(name)
+    if shots is not None:
+        p = replace(p, shots=shots)
+    problems = profile_problems(p, n_qubits)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return p
+
+
+def check_backend(name: str) -> None:
+    """Raise a one-line ValueError if ``name`` is not a usable backend (unknown or bad profile)."""
+    resolve(name)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: the table of known backends
+# --------------------------------------------------------------------------------------------
+def table_rows() -> list[dict]:
+    """One row per known backend: name, kind, shots, noise, needs, status, description."""
+    rows = []
+    for name, path in sorted(known_backends().items()):
+        try:
+            p = load_profile(name if str(path) == "<built-in>" else str(path))
+            problems = profile_problems(p)
+            status = "ok" if not problems else problems[0]
+        except ValueError as exc:
+            p, status = Profile(name=name, kind="?"), str(exc)
+        noise = p.noise_source or p.runtime.get("fake_backend") or p.runtime.get("backend") or "-"
+        rows.append(
+            {
+                "name": name,
+                "kind": p.kind,
+                "shots": "exact" if p.shots is None else str(p.shots),
+                "device": noise,
+                "needs": p.needs(),
+                "status": status,
+                "description": p.description,
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qa3c_qiskit.backends``: print the table of known backends."""
+    parser = argparse.ArgumentParser(
+        prog="python -m qa3c_qiskit.backends",
+        description="List the known quantum backends (built-in profiles, ./backends/ and "
+        "$QA3C_BACKENDS_DIR).",
+    )
+    parser.parse_args(argv)
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    cols = ("name", "kind", "shots", "device", "needs", "status", "description")
+    dirs = ", ".join(str(d) for d in backend_dirs() if d.is_dir())
+    table = Table(title=f"Backends (profiles in {dirs})")
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for r in table_rows():
+        table.add_row(*(escape(r[c]) for c in cols))
+    Console(width=max(Console().width, 160)).print(table)
+    return 0
