@@ -1,0 +1,436 @@
+"""Numba kernels of the compiled executor: the angle program, the forward pass and its adjoint
+backward for a whole batch, one call each (the flat program is built by :mod:`.numba_exec`).
+
+**Layout.** The batch runs in the innermost loop: the samples are cut into chunks of ``W`` lanes
+and a chunk's states are ``[dim, 2, W]`` float64 arrays (real and imaginary parts, then the
+lane), so every state update is a loop over lanes with unit stride that LLVM vectorises; a gate
+matrix is ``[8, W]`` (re/im of its four entries, per lane). Per-sample weights cost nothing
+extra; with shared weights, gates whose angles depend on weights only are built once per chunk.
+
+**Program.** ``ops`` ``[n_ops, 3]`` = (pc into ``prog``, tape record or -1, unused); ``prog``:
+
+* ``LOCAL n_chains (q n_gates g_first) * n_chains``: per qubit a chain of consecutive gates of
+  the ``gates`` table, fused per lane into one 2x2 matrix; the first op, on ``|0...0>``, builds the
+  product state;
+* ``MONO m phase_off``: ``new[k] = phase[k] * old[perm[2m, k]]``; ``perm[2m + 1]`` is the inverse;
+* ``DENSE k q_0 .. q_{k-1} g c``: a ``2^k x 2^k`` gate: gate ``g`` of the table, or (g = -1) the
+  constant matrix at ``cplx[c:]``.
+
+``gates`` ``[n_gates, 6]`` = (kind, s0, s1, s2, c, uniform): kind codes of
+:mod:`.compile`; ``s*`` angle slots; ``c`` a ``cplx`` offset (constant 2x2 matrix, or the Pauli
+product P of a two-qubit rotation); ``uniform`` = its angles do not depend on the inputs.
+
+**Backward** (adjoint method): ``g`` with ``dL = Re sum(conj(g) dpsi)`` starts at
+``2 psi (R^T g_out)`` and is carried back through every op's inverse; at a local layer, each
+qubit's 2x2 reduced operator ``r = Tr_other(g psi^dagger)`` at the layer output (invariant under
+the other qubits' gates) gives every gate angle of its chain: ``Re sum(conj(r) * D)`` with
+``D = (dG/dangle) G^dagger``, ``r`` carried back through the chain as ``G^dagger r G``.
+
+No ``fastmath``: NaN/inf must propagate (the trainer detects them). Compiled with ``cache=True``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .compile import (
+    A_ADD,
+    A_CONST,
+    A_MUL,
+    A_PARAM,
+    A_POW,
+    K_CONST,
+    K_CRX,
+    K_CRY,
+    K_CRZ,
+    K_P,
+    K_PAULI2,
+    K_RX,
+    K_RY,
+    K_RZ,
+)
+
+_JIT = {"cache": True, "nogil": True}
+
+
+# --------------------------------------------------------------------------------------------
+# Angles: postfix code (see .compile.AngleProgram), lanes innermost, forward-mode derivatives
+# --------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def _func(f, a):
+    """(f(a), f'(a)) for a FUNC_CODES function."""
+    if f == 0:
+        return np.arctan(a), 1.0 / (1.0 + a * a)
+    if f == 1:
+        return np.sin(a), np.cos(a)
+    if f == 2:
+        return np.cos(a), -np.sin(a)
+    if f == 3:
+        t = np.tan(a)
+        return t, 1.0 + t * t
+    if f == 4:
+        return np.arcsin(a), 1.0 / np.sqrt(1.0 - a * a)
+    if f == 5:
+        return np.arccos(a), -1.0 / np.sqrt(1.0 - a * a)
+    if f == 6:
+        e = np.exp(a)
+        return e, e
+    if f == 7:
+        return np.log(a), 1.0 / a
+    if f == 8:
+        return abs(a), float(np.sign(a))
+    return float(np.sign(a)), 0.0
+
+
+@njit(**_JIT)
+def _angles_chunk(x, w, b0, wc, aprog, aconst, ang, dang, keep, vals, grads):
+    """ang [n_slots, W] (and dang [n_slots, k_max, W] if keep) for lanes b0..b0+wc."""
+    n_in = x.shape[1]
+    shared = w.shape[0] == 1
+    n_slots = aprog[0]
+    pc = 3
+    for s in range(n_slots):
+        k = aprog[pc]
+        p0 = pc + 1
+        pc += 1 + k
+        end = pc + 1 + aprog[pc]
+        pc += 1
+        sp = 0
+        while pc < end:
+            op = aprog[pc]
+            if op == A_PARAM:
+                j = aprog[pc + 1]
+                p = aprog[p0 + j]
+                for lane in range(wc):
+                    b = b0 + lane
+                    if p < n_in:
+                        vals[sp, lane] = x[b, p]
+                    else:
+                        vals[sp, lane] = w[0 if shared else b, p - n_in]
+                if keep:
+                    grads[sp, :k, :wc] = 0.0
+                    grads[sp, j, :wc] = 1.0
+                sp += 1
+                pc += 2
+            elif op == A_CONST:
+                vals[sp, :wc] = aconst[aprog[pc + 1]]
+                if keep:
+                    grads[sp, :k, :wc] = 0.0
+                sp += 1
+                pc += 2
+            elif op == A_ADD or op == A_MUL:
+                n = aprog[pc + 1]
+                base = sp - n
+                for i in range(1, n):
+                    for lane in range(wc):
+                        a, c = vals[base, lane], vals[base + i, lane]
+                        if keep:
+                            for t in range(k):
+                                if op == A_ADD:
+                                    grads[base, t, lane] += grads[base + i, t, lane]
+                                else:
+                                    grads[base, t, lane] = (
+                                        grads[base, t, lane] * c + a * grads[base + i, t, lane]
+                                    )
+                        vals[base, lane] = a + c if op == A_ADD else a * c
+                sp = base + 1
+                pc += 2
+            elif op == A_POW:
+                for lane in range(wc):
+                    a, e = vals[sp - 2, lane], vals[sp - 1, lane]
+                    v = a**e
+                    if keep:
+                        for t in range(k):
+                            d = 0.0
+                            if grads[sp - 2, t, lane] != 0.0:
+                                d += e * a ** (e - 1.0) * grads[sp - 2, t, lane]
+                            if grads[sp - 1, t, lane] != 0.0:
+                                d += v * np.log(a) * grads[sp - 1, t, lane]
+                            grads[sp - 2, t, lane] = d
+                    vals[sp - 2, lane] = v
+                sp -= 1
+                pc += 1
+            else:  # A_FUNC
+                f = aprog[pc + 1]
+                for lane in range(wc):
+                    v, dv = _func(f, vals[sp - 1, lane])
+                    vals[sp - 1, lane] = v
+                    if keep:
+                        for t in range(k):
+                            grads[sp - 1, t, lane] *= dv
+                pc += 2
+        ang[s, :wc] = vals[0, :wc]
+        if keep:
+            dang[s, :k, :wc] = grads[0, :k, :wc]
+
+
+@njit(**_JIT)
+def angles(x, w, aprog, aconst, keep):
+    """(angles [B, n_slots], d angle / d its j-th free parameter [B, n_slots, k_max]) from
+    inputs ``x`` [B, n_in] and weights ``w`` [1 or B, n_w] (theta = [x, w])."""
+    b_rows = x.shape[0]
+    n_slots, k_max, depth = aprog[0], aprog[1], aprog[2]
+    wd = 16
+    ang = np.empty((n_slots, wd))
+    dang = np.zeros((n_slots, k_max, wd))
+    vals = np.empty((depth, wd))
+    grads = np.zeros((depth, k_max, wd))
+    out = np.empty((b_rows, n_slots))
+    dout = np.zeros((b_rows, n_slots, k_max))
+    for b0 in range(0, b_rows, wd):
+        wc = min(wd, b_rows - b0)
+        _angles_chunk(x, w, b0, wc, aprog, aconst, ang, dang, keep, vals, grads)
+        for lane in range(wc):
+            out[b0 + lane] = ang[:, lane]
+            if keep:
+                dout[b0 + lane] = dang[:, :, lane]
+    return out, dout
+
+
+# --------------------------------------------------------------------------------------------
+# Gate matrices, per lane
+# --------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def _base_matrix(kind, t):
+    """The 2x2 matrix (complex 4-tuple) of a one-angle single-qubit gate (or the target block
+    of a controlled one)."""
+    if kind == K_RX or kind == K_CRX:
+        c, s = np.cos(t / 2), np.sin(t / 2)
+        return (c + 0j, -1j * s, -1j * s, c + 0j)
+    if kind == K_RY or kind == K_CRY:
+        c, s = np.cos(t / 2), np.sin(t / 2)
+        return (c + 0j, -s + 0j, s + 0j, c + 0j)
+    if kind == K_RZ or kind == K_CRZ:
+        e = np.exp(-0.5j * t)
+        return (e, 0j, 0j, e.conjugate())
+    return (1 + 0j, 0j, 0j, np.exp(1j * t))  # K_P, K_CP
+
+
+@njit(**_JIT)
+def _gate_lane(gate, ang, lane, cplx):
+    """A single-qubit gate's 2x2 matrix for one lane."""
+    kind = gate[0]
+    if kind == K_CONST:
+        c = gate[4]
+        return (cplx[c], cplx[c + 1], cplx[c + 2], cplx[c + 3])
+    t = ang[gate[1], lane]
+    if kind <= K_P:
+        return _base_matrix(kind, t)
+    phi, lam = ang[gate[2], lane], ang[gate[3], lane]  # K_U
+    c, s = np.cos(t / 2), np.sin(t / 2)
+    return (c + 0j, -np.exp(1j * lam) * s, np.exp(1j * phi) * s, np.exp(1j * (phi + lam)) * c)
+
+
+@njit(**_JIT)
+def _build_gates(gates, ang, wc, cplx, shared, mats):
+    """mats [n_gates, 8, W] <- every single-qubit gate's matrix per lane."""
+    for g in range(gates.shape[0]):
+        gate = gates[g]
+        if gate[0] >= K_PAULI2:  # two-qubit gates are built per lane when applied
+            continue
+        lanes = 1 if (gate[0] == K_CONST or (shared and gate[5] == 1)) else wc
+        for lane in range(lanes):
+            m = _gate_lane(gate, ang, lane, cplx)
+            for e in range(4):
+                mats[g, 2 * e, lane] = m[e].real
+                mats[g, 2 * e + 1, lane] = m[e].imag
+        for lane in range(lanes, wc):
+            mats[g, :, lane] = mats[g, :, 0]
+
+
+@njit(**_JIT)
+def _get(mats, g, lane):
+    m = mats[g]
+    return (
+        complex(m[0, lane], m[1, lane]),
+        complex(m[2, lane], m[3, lane]),
+        complex(m[4, lane], m[5, lane]),
+        complex(m[6, lane], m[7, lane]),
+    )
+
+
+@njit(**_JIT)
+def _mul(a, b):
+    return (
+        a[0] * b[0] + a[1] * b[2],
+        a[0] * b[1] + a[1] * b[3],
+        a[2] * b[0] + a[3] * b[2],
+        a[2] * b[1] + a[3] * b[3],
+    )
+
+
+@njit(**_JIT)
+def _dag(a):
+    return (a[0].conjugate(), a[2].conjugate(), a[1].conjugate(), a[3].conjugate())
+
+
+@njit(**_JIT)
+def _chain(mats, g_first, n_gates, wc, adjoint, out):
+    """out [8, W] <- the chain's fused matrix G_last ... G_first (or its adjoint) per lane."""
+    for lane in range(wc):
+        m = _get(mats, g_first, lane)
+        for g in range(g_first + 1, g_first + n_gates):
+            m = _mul(_get(mats, g, lane), m)
+        if adjoint:
+            m = _dag(m)
+        for e in range(4):
+            out[2 * e, lane] = m[e].real
+            out[2 * e + 1, lane] = m[e].imag
+
+
+# --------------------------------------------------------------------------------------------
+# State updates, lanes innermost
+# --------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def _apply1(psi, q, m, wc):
+    """psi [dim, 2, W] <- m [8, W] on qubit q."""
+    stride = 1 << q
+    for base in range(0, psi.shape[0], 2 * stride):
+        for i in range(base, base + stride):
+            a = psi[i]
+            b = psi[i + stride]
+            for lane in range(wc):
+                ar, ai, br, bi = a[0, lane], a[1, lane], b[0, lane], b[1, lane]
+                a[0, lane] = m[0, lane] * ar - m[1, lane] * ai + m[2, lane] * br - m[3, lane] * bi
+                a[1, lane] = m[0, lane] * ai + m[1, lane] * ar + m[2, lane] * bi + m[3, lane] * br
+                b[0, lane] = m[4, lane] * ar - m[5, lane] * ai + m[6, lane] * br - m[7, lane] * bi
+                b[1, lane] = m[4, lane] * ai + m[5, lane] * ar + m[6, lane] * bi + m[7, lane] * br
+
+
+@njit(**_JIT)
+def _reduced1(g, psi, q, wc, r):
+    """r [8, W] <- Tr_other(g psi^dagger) on qubit q, per lane."""
+    stride = 1 << q
+    r[:, :wc] = 0.0
+    for base in range(0, psi.shape[0], 2 * stride):
+        for i in range(base, base + stride):
+            g0, g1, p0, p1 = g[i], g[i + stride], psi[i], psi[i + stride]
+            for lane in range(wc):
+                g0r, g0i, g1r, g1i = g0[0, lane], g0[1, lane], g1[0, lane], g1[1, lane]
+                p0r, p0i, p1r, p1i = p0[0, lane], p0[1, lane], p1[0, lane], p1[1, lane]
+                r[0, lane] += g0r * p0r + g0i * p0i  # g0 conj(p0)
+                r[1, lane] += g0i * p0r - g0r * p0i
+                r[2, lane] += g0r * p1r + g0i * p1i  # g0 conj(p1)
+                r[3, lane] += g0i * p1r - g0r * p1i
+                r[4, lane] += g1r * p0r + g1i * p0i  # g1 conj(p0)
+                r[5, lane] += g1i * p0r - g1r * p0i
+                r[6, lane] += g1r * p1r + g1i * p1i  # g1 conj(p1)
+                r[7, lane] += g1i * p1r - g1r * p1i
+
+
+@njit(**_JIT)
+def _product_state(prog, mats, wc, psi, v):
+    """psi <- the first local layer (at prog[0]) applied to |0...0>: per lane the product of
+    each qubit's M|0>, built qubit by qubit. ``v`` [n, 4, W] scratch."""
+    n = v.shape[0]
+    v[:, 0, :wc] = 1.0  # (1, 0) for qubits without gates
+    v[:, 1:, :wc] = 0.0
+    for c in range(prog[1]):
+        q, n_gates, g_first = prog[2 + 3 * c], prog[3 + 3 * c], prog[4 + 3 * c]
+        for lane in range(wc):
+            a, b = 1 + 0j, 0j
+            for g in range(g_first, g_first + n_gates):
+                m = _get(mats, g, lane)
+                a, b = m[0] * a + m[1] * b, m[2] * a + m[3] * b
+            v[q, 0, lane], v[q, 1, lane] = a.real, a.imag
+            v[q, 2, lane], v[q, 3, lane] = b.real, b.imag
+    psi[0, 0, :wc] = 1.0
+    psi[0, 1, :wc] = 0.0
+    size = 1
+    for q in range(n):
+        vq = v[q]
+        for i in range(size):
+            a, b = psi[i], psi[i + size]
+            for lane in range(wc):
+                pr, pi = a[0, lane], a[1, lane]
+                b[0, lane] = pr * vq[2, lane] - pi * vq[3, lane]
+                b[1, lane] = pr * vq[3, lane] + pi * vq[2, lane]
+                a[0, lane] = pr * vq[0, lane] - pi * vq[1, lane]
+                a[1, lane] = pr * vq[1, lane] + pi * vq[0, lane]
+        size *= 2
+
+
+@njit(**_JIT)
+def _permute(psi, tmp, idx, cplx, off, conj, wc):
+    """tmp[k] <- phase[k] * psi[idx[k]] (conj phase if ``conj``; no phase if off < 0)."""
+    for k in range(psi.shape[0]):
+        src = psi[idx[k]]
+        dst = tmp[k]
+        if off < 0:
+            dst[:, :wc] = src[:, :wc]
+        else:
+            ph = cplx[off + (idx[k] if conj else k)]
+            pr, pi = ph.real, -ph.imag if conj else ph.imag
+            for lane in range(wc):
+                sr, si = src[0, lane], src[1, lane]
+                dst[0, lane] = pr * sr - pi * si
+                dst[1, lane] = pr * si + pi * sr
+
+
+@njit(**_JIT)
+def _dense_lane(gate, ang, lane, cplx, c_off, d):
+    """(U [d, d], D [d, d]) of a dense gate for one lane; D = dU/dt U^dagger (zero if constant)."""
+    u = np.zeros((d, d), dtype=np.complex128)
+    gen = np.zeros((d, d), dtype=np.complex128)
+    if gate[0] < 0:
+        for i in range(d):
+            for j in range(d):
+                u[i, j] = cplx[c_off + i * d + j]
+        return u, gen
+    kind = gate[0]
+    t = ang[gate[1], lane]
+    if kind == K_PAULI2:  # exp(-i t/2 P) = cI - i s P, P at cplx[gate[4]:]
+        c, s = np.cos(t / 2), np.sin(t / 2)
+        for i in range(4):
+            for j in range(4):
+                p = cplx[gate[4] + 4 * i + j]
+                u[i, j] = -1j * s * p
+                gen[i, j] = -0.5j * p
+            u[i, i] += c
+        return u, gen
+    m = _base_matrix(kind, t)  # controlled: control = local bit 0, target block on 1, 3
+    if kind == K_CRX:
+        dg = (0j, -0.5j, -0.5j, 0j)
+    elif kind == K_CRY:
+        dg = (0j, -0.5 + 0j, 0.5 + 0j, 0j)
+    elif kind == K_CRZ:
+        dg = (-0.5j, 0j, 0j, 0.5j)
+    else:  # K_CP
+        dg = (0j, 0j, 0j, 1j)
+    u[0, 0] = u[2, 2] = 1
+    u[1, 1], u[1, 3], u[3, 1], u[3, 3] = m[0], m[1], m[2], m[3]
+    gen[1, 1], gen[1, 3], gen[3, 1], gen[3, 3] = dg[0], dg[1], dg[2], dg[3]
+    return u, gen
+
+
+@njit(**_JIT)
+def _dense_offsets(prog, pc, k):
+    """(mask of the gate's qubits, offsets [2^k] of its local basis states)."""
+    d = 1 << k
+    offs = np.zeros(d, dtype=np.int64)
+    mask = 0
+    for j in range(k):
+        bit = 1 << prog[pc + j]
+        mask |= bit
+        for loc in range(d):
+            if (loc >> j) & 1:
+                offs[loc] += bit
+    return mask, offs
+
+
+@njit(**_JIT)
+def _apply_dense_lane(psi, lane, u, mask, offs, adjoint):
+    d = offs.shape[0]
+    v = np.empty(d, dtype=np.complex128)
+    for base in range(psi.shape[0]):
+        if base & mask:
+            continue
+        for a in range(d):
+            v[a] = complex(psi[base + offs[a], 0, lane], psi[base + offs[a], 1, lane])
+        for a in range(d):
+            acc = 0j
+            for b in range(d):
+                acc += (u[b, a].conjugate() if adjoint else u[a, b]) * v[b]
+            psi[base + offs[a], 0, lane] = acc.real
+            psi[base + offs[a], 1, lane] = acc.imag
