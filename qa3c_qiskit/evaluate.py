@@ -1,41 +1,174 @@
 """``python -m qa3c_qiskit.evaluate RUN --backend aer_noisy --episodes 20``: a trained policy on
-any backend.
+any backend, and videos of it.
 
-Loads ``RUN/model.pt`` (written by :mod:`qa3c_qiskit.train`), rebuilds the actor-critic on the
-requested backend (the VQC weights are backend-independent: train on the exact ``statevector``
-engine, then see how the policy fares with shots, noise or hardware) and prints the mean ± std
-return over ``--episodes`` episodes.
+Loads ``RUN/model.pt`` (or ``--model-file best_model.pt``; both written by
+:mod:`qa3c_qiskit.train`), rebuilds the actor-critic on the requested backend (the VQC weights
+are backend-independent: train on the exact ``statevector`` engine, then see how the policy
+fares with shots, noise or hardware) and prints the mean ± std return over ``--episodes``
+episodes.
+
+``--video DIR`` also records the first ``--video-episodes`` of those episodes (the env rendered
+as ``rgb_array``: CartPole, Acrobot, MiniGrid, any Gymnasium env that renders) to
+``DIR/<env>__<backend>__seed<S>.mp4`` (or ``.gif`` with ``--video-format gif``). Writing
+videos needs the optional ``video`` extra (``pip install 'qa3c-qiskit[video]'``: imageio, and
+imageio-ffmpeg for MP4).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .envs import env_info, make_env
+from .envs import make_env
 from .models import ActorCritic, ModelSpec
 
+#: The file ``evaluate`` loads from a run directory unless ``--model-file`` says otherwise.
+MODEL_FILE = "model.pt"
+VIDEO_FORMATS = ("mp4", "gif")
+VIDEO_EXTRA = "pip install 'qa3c-qiskit[video]'"
 
-def load_run(run: str | Path) -> tuple[ModelSpec, dict, str]:
-    """(spec, state_dict, env_id) of the trained model in run directory ``run`` (or a model.pt)."""
+
+def load_model_run(run: str | Path, model_file: str = MODEL_FILE) -> tuple[ModelSpec, dict, str]:
+    """(spec, state_dict, env_id) of a trained model: ``run/model_file`` for a run directory
+    (``model.pt``, or ``best_model.pt``), or the file ``run`` itself."""
     path = Path(run)
     if path.is_dir():
-        path = path / "model.pt"
+        path = path / model_file
+        if not path.is_file():
+            found = sorted(p.name for p in path.parent.glob("*.pt"))
+            have = ", ".join(found) if found else "no *.pt files"
+            raise ValueError(
+                f"no {model_file} in run directory {str(path.parent)!r} (it has: {have})"
+            )
     if not path.is_file():
-        raise ValueError(f"no trained model at {str(path)!r} (expected RUN/model.pt)")
+        raise ValueError(f"no trained model at {str(path)!r} (expected RUN/{model_file})")
     payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or "model" not in payload or "spec" not in payload:
+        raise ValueError(f"{str(path)!r} is not a model file written by qa3c_qiskit.train")
     known = {f.name for f in fields(ModelSpec)}
     spec = ModelSpec(**{k: v for k, v in payload["spec"].items() if k in known})
     env_id = payload.get("config", {}).get("env")
     if env_id is None:
         raise ValueError(f"{str(path)!r} records no environment id in its config")
     return spec, payload["model"], env_id
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """Where and how :func:`evaluate_policy` records episodes.
+
+    ``episodes``: how many of the evaluated episodes (the first ones) are recorded;
+    ``fps``: frames per second (default: the env's ``render_fps``, else 30);
+    ``downscale``: keep every k-th pixel row and column (smaller files);
+    ``frame_skip``: keep every k-th frame (smaller files; the fps is divided by k too);
+    ``max_frames``: stop recording an episode after this many kept frames (the episode goes on).
+    """
+
+    out_dir: str | Path
+    fmt: str = "mp4"
+    episodes: int = 1
+    fps: float | None = None
+    downscale: int = 1
+    frame_skip: int = 1
+    max_frames: int | None = None
+
+    def check(self) -> None:
+        if self.fmt not in VIDEO_FORMATS:
+            raise ValueError(f"unknown video format {self.fmt!r}; choose from {VIDEO_FORMATS}")
+        for name in ("episodes", "downscale", "frame_skip"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"video {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_frames is not None and self.max_frames < 2:
+            raise ValueError(f"video max_frames must be >= 2, got {self.max_frames}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"video fps must be > 0, got {self.fps}")
+        video_writer(self.fmt)  # fail before the first episode if the extra is missing
+
+
+def video_writer(fmt: str):
+    """The function ``write(path, frames, fps)`` for ``fmt``; ValueError naming the ``video``
+    extra if its packages are missing."""
+    try:
+        import imageio.v3 as iio
+    except ImportError:
+        raise ValueError(
+            f"writing videos needs the optional 'video' extra: {VIDEO_EXTRA}"
+        ) from None
+    if fmt == "mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                f"writing MP4 needs imageio-ffmpeg (the optional 'video' extra): {VIDEO_EXTRA}; "
+                "or use --video-format gif"
+            ) from None
+
+        def write(path: Path, frames: list[np.ndarray], fps: float) -> None:
+            # even sizes for yuv420p; no resizing to multiples of 16
+            iio.imwrite(
+                path,
+                np.stack(frames),
+                extension=".mp4",
+                fps=fps,
+                codec="libx264",
+                macro_block_size=2,
+            )
+
+    else:
+
+        def write(path: Path, frames: list[np.ndarray], fps: float) -> None:
+            duration_ms = max(int(round(1000.0 / fps)), 20)  # browsers treat < 20 ms as 100 ms
+            iio.imwrite(path, np.stack(frames), extension=".gif", duration=duration_ms, loop=0)
+
+    return write
+
+
+class _Recorder:
+    """Frames of one episode at a time, written to one file per episode."""
+
+    def __init__(self, opts: VideoOptions, env: object, env_id: str, label: str):
+        self.opts = opts
+        self.write = video_writer(opts.fmt)
+        self.out_dir = Path(opts.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        base_fps = opts.fps or float(env.metadata.get("render_fps") or 30)
+        self.fps = base_fps / opts.frame_skip
+        self.env = env
+        # a backend given as a profile path names the file by the profile's stem
+        label = Path(label).stem if label.endswith(".toml") else label
+        self.stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{env_id}__{label}")
+        self.frames: list[np.ndarray] = []
+        self.count = 0
+        self.paths: list[Path] = []
+
+    def start(self) -> None:
+        self.frames, self.count = [], 0
+        self.capture()
+
+    def capture(self) -> None:
+        keep = self.count % self.opts.frame_skip == 0
+        self.count += 1
+        if not keep or (self.opts.max_frames and len(self.frames) >= self.opts.max_frames):
+            return
+        frame = self.env.render()
+        if frame is None:
+            raise ValueError("the environment rendered no frame (render_mode='rgb_array')")
+        k = self.opts.downscale
+        self.frames.append(np.ascontiguousarray(np.asarray(frame, dtype=np.uint8)[::k, ::k, :3]))
+
+    def finish(self, episode_seed: int) -> None:
+        path = self.out_dir / f"{self.stem}__seed{episode_seed}.{self.opts.fmt}"
+        self.write(path, self.frames, self.fps)
+        self.paths.append(path)
+        self.frames = []
 
 
 def evaluate_policy(
@@ -45,35 +178,49 @@ def evaluate_policy(
     episodes: int = 20,
     seed: int = 0,
     greedy: bool = False,
+    video: VideoOptions | None = None,
 ) -> dict:
-    """Run ``episodes`` episodes of the policy; return {"returns", "lengths", "mean", "std", "seconds"}.
+    """Run ``episodes`` episodes of the policy; return {"returns", "lengths", "mean", "std",
+    "seconds", "videos"} (``videos``: the files written when ``video`` is given).
 
     ``state_dict=None`` evaluates a freshly initialised model (seeded with ``seed``).
+    Episode ``i`` resets the env with ``seed + i``.
     """
     if episodes <= 0:
         raise ValueError(f"--episodes must be > 0, got {episodes}")
+    if video is not None:
+        video.check()
+        # rgb_array rendering needs no display; keep SDL (pygame) from looking for one
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     torch.manual_seed(seed)
     model = ActorCritic(spec)
     if state_dict is not None:
         model.load_state_dict(state_dict)
     gen = torch.Generator().manual_seed(seed)
-    env = make_env(env_id)
-    clamp = env_info(env_id).n_actions if env_id.startswith("MiniGrid-") else None
+    env = make_env(env_id, render_mode="rgb_array" if video is not None else None)
+    label = spec.backend if spec.model == "quantum" else "classical"
+    recorder = _Recorder(video, env, env_id, label) if video is not None else None
     returns, lengths = [], []
     t0 = time.time()
     try:
         for ep in range(episodes):
             obs_np, _ = env.reset(seed=seed + ep)
+            rec = recorder if recorder is not None and ep < video.episodes else None
+            if rec is not None:
+                rec.start()
             total, steps, done = 0.0, 0, False
             while not done:
                 obs = torch.from_numpy(obs_np)
                 action = model.greedy(obs) if greedy else model.act(obs, gen)
-                if clamp is not None:
-                    action = min(action, clamp - 1)
                 obs_np, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 steps += 1
                 done = terminated or truncated
+                if rec is not None:
+                    rec.capture()
+            if rec is not None:
+                rec.finish(seed + ep)
             returns.append(total)
             lengths.append(steps)
     finally:
@@ -86,15 +233,41 @@ def evaluate_policy(
         "mean": float(r.mean()),
         "std": float(r.std()),
         "seconds": time.time() - t0,
+        "videos": list(recorder.paths) if recorder is not None else [],
     }
 
 
+def record_video(
+    run: str | Path,
+    out_dir: str | Path,
+    episodes: int = 1,
+    fmt: str = "gif",
+    model_file: str = MODEL_FILE,
+    seed: int = 0,
+    greedy: bool = True,
+    **video_kw,
+) -> list[Path]:
+    """Record ``episodes`` episodes of the trained policy in ``run`` to ``out_dir``; return the
+    files. ``video_kw``: the other fields of :class:`VideoOptions` (fps, downscale, ...)."""
+    spec, state, env_id = load_model_run(run, model_file)
+    opts = VideoOptions(out_dir, fmt=fmt, episodes=episodes, **video_kw)
+    return evaluate_policy(spec, state, env_id, episodes, seed, greedy, video=opts)["videos"]
+
+
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 2 bad input or missing extra)."""
     parser = argparse.ArgumentParser(
         prog="python -m qa3c_qiskit.evaluate",
-        description="Evaluate a trained QA3C policy on any backend; prints mean ± std return.",
+        description="Evaluate a trained QA3C policy on any backend; prints mean ± std return "
+        "and optionally records videos.",
     )
-    parser.add_argument("run", help="run directory written by qa3c_qiskit.train (or its model.pt)")
+    parser.add_argument("run", help="run directory written by qa3c_qiskit.train (or a .pt file)")
+    parser.add_argument(
+        "--model-file",
+        default=MODEL_FILE,
+        help="which model of the run directory: model.pt (final) or best_model.pt (best "
+        "periodic evaluation); default: %(default)s",
+    )
     parser.add_argument(
         "--backend",
         default=None,
@@ -104,25 +277,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="episode i resets the env with seed+i")
     parser.add_argument("--greedy", action="store_true", help="argmax action instead of sampling")
+    vid = parser.add_argument_group("videos (need the optional 'video' extra)")
+    vid.add_argument("--video", metavar="DIR", default=None, help="record episodes into DIR")
+    vid.add_argument("--video-format", choices=VIDEO_FORMATS, default="mp4")
+    vid.add_argument(
+        "--video-episodes", type=int, default=1, help="record the first N episodes (default 1)"
+    )
+    vid.add_argument("--video-fps", type=float, default=None, help="default: the env's")
+    vid.add_argument(
+        "--video-downscale", type=int, default=1, help="keep every k-th pixel (smaller files)"
+    )
+    vid.add_argument(
+        "--video-frame-skip", type=int, default=1, help="keep every k-th frame (smaller files)"
+    )
+    vid.add_argument("--video-max-frames", type=int, default=None, help="frames per video at most")
     args = parser.parse_args(argv)
+    video = None
+    if args.video is not None:
+        video = VideoOptions(
+            args.video,
+            fmt=args.video_format,
+            episodes=min(args.video_episodes, args.episodes),
+            fps=args.video_fps,
+            downscale=args.video_downscale,
+            frame_skip=args.video_frame_skip,
+            max_frames=args.video_max_frames,
+        )
     try:
-        spec, state, env_id = load_run(args.run)
+        spec, state, env_id = load_model_run(args.run, args.model_file)
         if spec.model == "quantum":
             spec = replace(
                 spec,
                 backend=args.backend or spec.backend,
                 shots=args.shots if args.shots is not None else spec.shots,
             )
-        res = evaluate_policy(spec, state, env_id, args.episodes, args.seed, args.greedy)
+        res = evaluate_policy(spec, state, env_id, args.episodes, args.seed, args.greedy, video)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     backend = spec.backend if spec.model == "quantum" else "classical"
     print(
         f"{env_id} | {backend} | {args.episodes} episodes: return {res['mean']:.2f} ± "
         f"{res['std']:.2f} (mean ± std), mean length {np.mean(res['lengths']):.1f}, "
         f"{res['seconds']:.1f} s"
     )
+    for path in res["videos"]:
+        print(f"video: {path}")
     return 0
 
 

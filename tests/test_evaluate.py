@@ -1,30 +1,45 @@
-"""``python -m qa3c_qiskit.evaluate``: a saved policy evaluated on other backends."""
+"""``python -m qa3c_qiskit.evaluate``: a saved policy evaluated on other backends, and videos."""
 
 from __future__ import annotations
 
+import builtins
+import shutil
+
+import numpy as np
+import pytest
 import torch
 
-from qa3c_qiskit.evaluate import load_run, main
+from qa3c_qiskit.envs import env_info
+from qa3c_qiskit.evaluate import VideoOptions, load_model_run, main, record_video
 from qa3c_qiskit.models import ActorCritic, ModelSpec
 
+MINIGRID = "MiniGrid-SimpleCrossingS9N1-v0"
 
-def save_run(tmp_path, backend="statevector"):
+
+def save_run(tmp_path, backend="statevector", env="CartPole-v1", name="run"):
     """A run directory as train.py writes it (model.pt with state dict, spec and config)."""
     torch.manual_seed(5)
-    spec = ModelSpec(4, 2, backend=backend)
+    info = env_info(env)
+    spec = ModelSpec(info.obs_dim, info.n_actions, backend=backend)
     model = ActorCritic(spec)
-    run = tmp_path / "run"
+    run = tmp_path / name
     run.mkdir()
     torch.save(
-        {"model": model.state_dict(), "spec": spec.__dict__, "config": {"env": "CartPole-v1"}},
+        {"model": model.state_dict(), "spec": spec.__dict__, "config": {"env": env}},
         run / "model.pt",
     )
     return run
 
 
+def video_frames(path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    return iio.imread(path)
+
+
 def test_statevector_policy_gives_same_greedy_returns_on_aer_exact(tmp_path, capsys):
     run = save_run(tmp_path)
-    spec, state, env_id = load_run(run)
+    spec, state, env_id = load_model_run(run)
     assert env_id == "CartPole-v1" and spec.backend == "statevector"
     args = [str(run), "--episodes", "2", "--greedy"]
     assert main(args) == 0
@@ -45,3 +60,90 @@ def test_evaluate_on_shots_and_bad_inputs(tmp_path, capsys):
     assert "unknown backend 'nope'" in err and "aer_shots" in err
     assert main([str(tmp_path / "missing"), "--episodes", "1"]) == 2
     assert "no trained model" in capsys.readouterr().err
+
+
+def test_model_file_choice_and_missing_file_lists_what_exists(tmp_path, capsys):
+    run = save_run(tmp_path)
+    assert main([str(run), "--model-file", "best_model.pt", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "no best_model.pt" in err and "it has: model.pt" in err
+    shutil.copy(run / "model.pt", run / "best_model.pt")
+    args = [str(run), "--episodes", "2", "--greedy"]
+    assert main(args) == 0
+    final = capsys.readouterr().out
+    assert main([*args, "--model-file", "best_model.pt"]) == 0
+    best = capsys.readouterr().out
+    assert final.split("return ")[1].split(" (")[0] == best.split("return ")[1].split(" (")[0]
+    # a .pt file given directly
+    assert main([str(run / "best_model.pt"), "--episodes", "1"]) == 0
+    capsys.readouterr()
+    torch.save({"weights": 1}, run / "junk.pt")
+    assert main([str(run), "--model-file", "junk.pt", "--episodes", "1"]) == 2
+    assert "not a model file" in capsys.readouterr().err
+
+
+def test_video_of_a_trained_cartpole_run(tmp_path, capsys):
+    """A real 5-episode training run; its model.pt and a copy as best_model.pt recorded to MP4."""
+    from qa3c_qiskit.config import TrainConfig
+    from qa3c_qiskit.train import train
+
+    cfg = TrainConfig(
+        env="CartPole-v1", episodes=5, workers=1, out=str(tmp_path), run_name="r", quiet=True
+    )
+    run = train(cfg, show_table=False)
+    shutil.copy(run / "model.pt", run / "best_model.pt")
+    videos = tmp_path / "videos"
+    argv = [str(run), "--model-file", "best_model.pt", "--episodes", "2", "--video", str(videos)]
+    assert main([*argv, "--video-episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    files = sorted(videos.glob("*.mp4"))
+    assert [f.name for f in files] == [
+        "CartPole-v1__statevector__seed0.mp4",
+        "CartPole-v1__statevector__seed1.mp4",
+    ]
+    assert all(f"video: {f}" in out for f in files)
+    frames = video_frames(files[0])
+    assert frames.ndim == 4 and frames.shape[0] > 1 and frames.shape[1:] == (400, 600, 3)
+    assert frames.std() > 0  # not a blank picture
+
+
+@pytest.mark.parametrize("fmt", ["gif", "mp4"])
+def test_video_of_minigrid(tmp_path, fmt):
+    run = save_run(tmp_path, env=MINIGRID)
+    (path,) = record_video(run, tmp_path / "v", fmt=fmt, downscale=2, max_frames=12)
+    assert path.name == f"{MINIGRID}__statevector__seed0.{fmt}" and path.stat().st_size > 0
+    frames = video_frames(path)
+    assert frames.shape[0] > 1 and frames.shape[1:3] == (144, 144)  # 9 x 32 px tiles, halved
+
+
+def test_video_of_acrobot_gif_frame_skip(tmp_path):
+    run = save_run(tmp_path, env="Acrobot-v1")
+    (path,) = record_video(
+        run, tmp_path, fmt="gif", greedy=False, downscale=5, frame_skip=10, max_frames=8
+    )
+    frames = video_frames(path)
+    assert 1 < frames.shape[0] <= 8 and frames.shape[1:3] == (100, 100)
+
+
+def test_video_bad_options_and_missing_extra(tmp_path, capsys, monkeypatch):
+    run = save_run(tmp_path)
+    assert (
+        main([str(run), "--episodes", "1", "--video", str(tmp_path), "--video-downscale", "0"]) == 2
+    )
+    assert "downscale must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown video format"):
+        VideoOptions(tmp_path, fmt="avi").check()
+
+    real_import = builtins.__import__
+
+    def no_imageio(name, *args, **kw):
+        if name.startswith("imageio"):
+            raise ImportError(name)
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_imageio)
+    assert main([str(run), "--episodes", "1", "--video", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'video' extra" in err and "qa3c-qiskit[video]" in err
+    assert not (tmp_path / "v").exists()  # failed before running anything
