@@ -1,6 +1,8 @@
-"""Ray runner on a real local Ray cluster: accounting, a killed worker, the CLI, the missing extra."""
+"""Ray runner on a real local Ray cluster: accounting, actor-learners, a killed worker, a killed
+parameter server, resume, the CLI, the missing extra."""
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -12,19 +14,21 @@ import pytest
 import torch
 
 from qa3c_qiskit.a3c import A3CSettings
-from qa3c_qiskit.checkpoint import worker_seed
+from qa3c_qiskit.checkpoint import RunState, learner_seed
 from qa3c_qiskit.models import ActorCritic, ModelSpec
 from qa3c_qiskit.optim import SharedAdam
+from qa3c_qiskit.runners.base import Episode, Event, Failure, Restart, RunPlan
 
 try:
     import ray
 
-    from qa3c_qiskit.runners.ray import ParameterServer, RayRunner
+    from qa3c_qiskit.runners.ray import PARAMETER_SERVER, ParameterServer, RayRunner
 except ImportError:  # only the missing-extra test runs without Ray
     ray = None
 
 needs_ray = pytest.mark.skipif(ray is None, reason="the [ray] extra is not installed")
 SPEC = ModelSpec(4, 2, "classical")  # CartPole, classical twin: the fastest real agent
+S = A3CSettings().update_every
 
 
 @pytest.fixture(scope="module")
@@ -35,41 +39,55 @@ def local_ray():
     ray.shutdown()
 
 
-def _runner(budget, max_restarts=3, seed=0):
-    torch.manual_seed(seed)
-    model = ActorCritic(SPEC)
-    runner = RayRunner(
-        flat=model.flat,
+def _plan(budget, workers=2, learners=None, max_restarts=3, seed=0, resume_count=0):
+    return RunPlan(
         spec=SPEC,
         env_id="CartPole-v1",
         settings=A3CSettings(),
-        workers=2,
+        workers=workers,
+        learners=learners or workers,
         seed=seed,
         budget=budget,
         lr=1e-3,
-        betas=(0.92, 0.999),
-        eps=1e-8,
         max_restarts=max_restarts,
+        resume_count=resume_count,
     )
-    return model, runner
 
 
-def _drive(runner, kill_after=None, max_polls=3000):
-    """Poll until the workers are gone; SIGKILL worker 0's process after ``kill_after`` episodes."""
-    episodes, others = [], []
-    killed = False
+def _runner(budget, **kw):
+    torch.manual_seed(0)
+    state = RunState(flat=ActorCritic(SPEC).flat.detach().clone())
+    return RayRunner(_plan(budget, **kw), state)
+
+
+def _drive(runner, hook=None, max_polls=3000):
+    """Poll until the workers are gone, as the trainer does; ``hook(n_episodes)`` after every
+    poll. Returns (episode records, other messages, every message in order)."""
+    episodes, others, seq = [], [], []
     for _ in range(max_polls):
         msgs = runner.poll(0.2)
-        for kind, payload in msgs:
-            (episodes if kind == "episode" else others).append((kind, payload))
-            if kind == "error":
-                runner.stop()
-        if kill_after is not None and not killed and len(episodes) >= kill_after:
-            os.kill(runner.worker_pid(0), signal.SIGKILL)
-            killed = True
+        for m in msgs:
+            seq.append(m)
+            if isinstance(m, Episode):
+                episodes.append(m.record)
+            else:
+                others.append(m)
+                if isinstance(m, Failure):
+                    runner.stop()
+        if hook is not None:
+            hook(len(episodes))
         if not msgs and not runner.alive():
-            return [p for _, p in episodes], others
+            return episodes, others, seq
     raise AssertionError("the Ray run did not finish")
+
+
+def _segments(records) -> int:
+    """Shared-Adam steps the episodes' updates make: one per S-step segment."""
+    return sum(math.ceil(r["length"] / S) for r in records)
+
+
+def _of(msgs, kind):
+    return [m for m in msgs if isinstance(m, kind)]
 
 
 @needs_ray
@@ -78,119 +96,215 @@ def test_parameter_server_gives_back_the_claims_of_a_retired_worker(local_ray):
     ps = ParameterServer.remote(flat, 0.1, (0.9, 0.999), 1e-8, None, 3, 0, 0, 0)
     a, b = (0, 0), (1, 0)
     assert ray.get(ps.claim_episode.remote(a)) == (True, False)
-    ray.get(ps.episode_done.remote(a, {"worker": 0, "return": 1.0}))
+    ray.get(ps.episodes_done.remote(a, [{"worker": 0, "return": 1.0}]))
     assert ray.get(ps.claim_episode.remote(a)) == (True, False)  # a dies holding this one
     assert ray.get(ps.claim_episode.remote(b)) == (True, False)
     assert ray.get(ps.claim_episode.remote(b)) == (False, False)  # budget 3 used up
     assert ray.get(ps.retire.remote(a)) == 1
-    ray.get(ps.episode_done.remote(a, {"worker": 0, "return": 2.0}))  # late: ignored
+    ray.get(ps.episodes_done.remote(a, [{"worker": 0, "return": 2.0}]))  # late: ignored
     assert ray.get(ps.claim_episode.remote(a)) == (False, False)  # retired for good
     assert ray.get(ps.claim_episode.remote(b)) == (True, False)  # the given-back episode
+    assert ray.get(ps.claim_episode.remote(b)) == (False, False)
     params, stop, _ = ray.get(ps.push_pull.remote(np.ones(3)))
     assert params.tolist() == pytest.approx([-0.1] * 3)  # first Adam step: -lr * sign(g)
     ray.get(ps.add_steps.remote(7))
-    ray.get(ps.episode_done.remote(b, {"worker": 1, "return": 3.0}))
+    # one message, two learners' episodes; b's claims are all reported (retiring gives none back)
+    ray.get(
+        ps.episodes_done.remote(b, [{"worker": 1, "return": 3.0}, {"worker": 1, "return": 4.0}])
+    )
     records = ray.get(ps.drain.remote())
-    assert [r["return"] for r in records] == [1.0, 3.0]
-    assert records[-1]["env_steps"] == 7
+    assert [r["return"] for r in records] == [1.0, 3.0, 4.0]
+    assert [r["env_steps"] for r in records] == [0, 7, 7]
+    assert ray.get(ps.drain.remote()) == []
     state = ray.get(ps.state.remote())
-    assert state["claimed"] == 3 and state["adam"]["step"] == 1
+    assert state["claimed"] == 3 and state["adam"]["step"] == 1 and state["env_steps"] == 7
+    assert ray.get(ps.retire.remote(b)) == 0 and ray.get(ps.state.remote())["claimed"] == 3
     ray.kill(ps)
 
 
 @needs_ray
-def test_killed_worker_is_restarted_and_the_run_ends_with_the_exact_budget(local_ray):
-    budget = 60
-    model, runner = _runner(budget)
+def test_learners_on_ray_workers_end_with_the_exact_budget_and_one_adam_step_per_segment(
+    local_ray,
+):
+    budget = 37
+    runner = _runner(budget, workers=2, learners=8)
     runner.start()
     try:
-        episodes, others = _drive(runner, kill_after=3)
-        final = ray.get(runner.ps.state.remote())
+        episodes, others, _ = _drive(runner)
     finally:
         runner.close()
-    restarts = [p for k, p in others if k == "restart"]
-    assert not [p for k, p in others if k == "error"]
-    assert len(restarts) == 1 and restarts[0]["worker"] == 0, others
-    assert restarts[0]["restart"] == 1 and restarts[0]["max_restarts"] == 3
-    assert restarts[0]["episodes_given_back"] in (0, 1)  # 0 only if killed between episodes
-    assert "ActorDiedError" in restarts[0]["traceback"]
-    started = [p["text"] for k, p in others if k == "event" and "started" in p["text"]]
-    assert len(started) == 3  # two workers, then worker 0's replacement
-    assert runner.restarts == 1 and [e["worker"] for e in runner.seed_log] == [0, 1, 0]
-    assert runner.seed_log[2]["seed"] not in {e["seed"] for e in runner.seed_log[:2]}
-    assert len(episodes) == budget and final["claimed"] == budget
-    assert {r["worker"] for r in episodes} <= {0, 1}
-    steps = [r["env_steps"] for r in episodes]
-    assert steps == sorted(steps) and steps[-1] == final["env_steps"] >= sum(
-        r["length"] for r in episodes
-    )
-    flat, adam = runner.global_state()  # still available after close()
-    assert adam["step"] > 0 and not torch.equal(flat, model.flat)
-    assert runner.nonfinite_count == 0
+    assert not _of(others, Failure) and not _of(others, Restart), others
+    assert len(episodes) == budget
+    assert {r["learner"] for r in episodes} == set(range(8))
+    assert all(r["worker"] == r["learner"] % 2 for r in episodes)
+    state = runner.sync()  # after close(): the final state
+    assert runner.final["claimed"] == budget
+    assert state.adam["step"] == _segments(episodes)  # each segment its own shared-Adam step
+    assert state.env_steps == sum(r["length"] for r in episodes)
+    assert [e["learners"] for e in state.seed_log] == [
+        {lid: learner_seed(0, lid) for lid in (0, 2, 4, 6)},
+        {lid: learner_seed(0, lid) for lid in (1, 3, 5, 7)},
+    ]
+    started = [m.text for m in _of(others, Event) if " started pid=" in m.text]
+    assert len(started) == 2 and all("learners=4" in t for t in started)
 
 
 @needs_ray
 def test_resumed_runner_runs_only_the_remaining_budget_from_the_saved_state(local_ray):
     torch.manual_seed(0)
-    model = ActorCritic(SPEC)
-    adam = SharedAdam(model.flat.clone(), lr=1e-3)
+    adam = SharedAdam(ActorCritic(SPEC).flat.detach().clone(), lr=1e-3)
     for _ in range(7):
-        adam.step(torch.ones_like(model.flat))
-    runner = RayRunner(
-        flat=adam.params,
-        spec=SPEC,
-        env_id="CartPole-v1",
-        settings=A3CSettings(),
-        workers=2,
-        seed=0,
-        budget=30,
-        lr=1e-3,
-        betas=(0.92, 0.999),
-        eps=1e-8,
-        done=25,
+        adam.step(torch.ones_like(adam.params))
+    state = RunState(
+        flat=adam.params.clone(),
+        adam=adam.state_dict(),
+        episodes_done=25,
         env_steps=1000,
-        adam_state=adam.state_dict(),
         nonfinite=2,
         resume_count=1,
     )
+    runner = RayRunner(_plan(30, resume_count=1), state)
     runner.start()
     try:
-        episodes, _ = _drive(runner)
+        episodes, _, _ = _drive(runner)
     finally:
         runner.close()
     assert len(episodes) == 5 and episodes[0]["env_steps"] > 1000
-    assert runner.global_state()[1]["step"] > 7 and runner.nonfinite_count == 2
-    assert runner.env_steps == 1000 + sum(r["length"] for r in episodes)
-    assert [e["seed"] for e in runner.seed_log] == [worker_seed(0, r, 1) for r in (0, 1)]
+    assert runner.sync() is state
+    assert state.adam["step"] == 7 + _segments(episodes) and state.nonfinite == 2
+    assert state.env_steps == 1000 + sum(r["length"] for r in episodes)
+    assert runner.final["claimed"] == 30
+    assert [e["seed"] for e in state.seed_log] == [learner_seed(0, r, 1) for r in (0, 1)]
 
 
 @needs_ray
 def test_worker_that_dies_past_max_restarts_fails_the_run(local_ray):
-    _, runner = _runner(budget=10_000, max_restarts=0)
+    runner = _runner(budget=10_000, max_restarts=0)
     runner.start()
+    done = []
+
+    def kill(n):
+        if n >= 2 and not done:
+            done.append(os.kill(runner.pid(0), signal.SIGKILL))
+
     try:
-        episodes, others = _drive(runner, kill_after=2)
+        episodes, others, _ = _drive(runner, kill)
     finally:
         runner.close()
-    errors = [p for k, p in others if k == "error"]
-    assert len(errors) == 1 and errors[0]["worker"] == 0
-    assert "restarts used: 0/0" in errors[0]["traceback"] and not errors[0]["fatal"]
-    assert not [p for k, p in others if k == "restart"]
+    errors = _of(others, Failure)
+    assert len(errors) == 1 and errors[0].worker == 0
+    assert "restarts used: 0/0" in errors[0].traceback and not errors[0].fatal
+    assert not _of(others, Restart)
     assert 2 <= len(episodes) < 10_000  # stopped early, after the failure
+
+
+@needs_ray
+def test_killed_worker_then_killed_parameter_server_the_run_ends_with_the_exact_budget(
+    local_ray,
+):
+    """Worker 0's process is SIGKILLed (restarted, its claim given back); then, after a sync
+    (as the trainer does at a checkpoint), the parameter server's actor is killed: it restarts
+    from the synced state and the run still ends with exactly the budget."""
+    budget = 150  # worker 1 alone must not finish it before both faults are injected
+    runner = _runner(budget, max_restarts=2)
+    flat0 = runner.state.flat.clone()
+    runner.start()
+    f = {}
+
+    def faults(n):
+        if n >= 3 and "worker" not in f:
+            f["worker"] = runner.pid(0)
+            os.kill(f["worker"], signal.SIGKILL)
+        elif runner.state.restarts == 1 and "synced" not in f:  # the Restart was handled
+            f["synced"] = runner.sync().adam["step"]
+        elif "synced" in f and "ps" not in f:
+            f["ps"] = n
+            ray.kill(runner.ps)  # the parameter server's actor dies
+
+    try:
+        episodes, others, seq = _drive(runner, faults)
+    finally:
+        runner.close()
+    assert not _of(others, Failure), others
+    assert len(episodes) == budget and runner.final["claimed"] == budget
+    assert {r["worker"] for r in episodes} == {0, 1}
+
+    (restart,) = _of(others, Restart)  # the worker
+    assert restart.worker == 0 and restart.restart == 1 and restart.max_restarts == 2
+    assert restart.episodes_given_back in (0, 1)  # 0 only if killed between episodes
+    assert "ActorDiedError" in restart.traceback
+
+    (event,) = [m for m in _of(others, Event) if "parameter server died" in m.text]
+    assert "restart 1/2" in event.text and f"Adam step {f['synced']}" in event.text
+    assert runner.ps_restarts == 1
+    cut = seq.index(event)
+    before = [m.record for m in seq[:cut] if isinstance(m, Episode)]
+    after = [m.record for m in seq[cut:] if isinstance(m, Episode)]
+    assert len(before) >= f["ps"] and f"reset to the {len(before)} episodes delivered" in event.text
+    state = runner.sync()
+    # the new server started at the synced Adam step; every later update is one segment of an
+    # episode delivered after the restart (the lost server's later updates are rolled back)
+    assert state.adam["step"] == f["synced"] + _segments(after)
+    assert not torch.equal(state.flat, flat0) and state.nonfinite == 0
+    steps = [r["env_steps"] for r in episodes]
+    assert steps == sorted(steps) and steps[-1] == state.env_steps
+
+    # seed log: both workers, worker 0's replacement, then both again on the new server, each
+    # with fresh seeds; only the worker's crash counts as a worker restart
+    log = [(e["worker"], e["restart"], e.get("ps_restart", 0), e["seed"]) for e in state.seed_log]
+    assert log == [
+        (0, 0, 0, learner_seed(0, 0)),
+        (1, 0, 0, learner_seed(0, 1)),
+        (0, 1, 0, learner_seed(0, 0, 0, 1)),
+        (0, 1, 1, learner_seed(0, 0, 0, 2)),
+        (1, 0, 1, learner_seed(0, 1, 0, 1)),
+    ]
+    assert state.restarts == 1
+    pids = [e["pid"] for e in state.seed_log]
+    assert pids[0] == f["worker"] and None not in pids and pids[2] != pids[0]
+    assert pids[3:] == [pids[2], pids[1]]  # the new runs reuse the worker actors
+
+
+@needs_ray
+def test_parameter_server_lost_past_max_restarts_fails_the_run_and_keeps_the_synced_state(
+    local_ray,
+):
+    runner = _runner(budget=10_000, max_restarts=0)
+    flat0 = runner.state.flat.clone()
+    runner.start()
+    done = []
+
+    def kill(n):
+        if n >= 2 and not done:
+            done.append(ray.kill(runner.ps))
+
+    try:
+        episodes, others, _ = _drive(runner, kill)
+    finally:
+        runner.close()
+    (failure,) = _of(others, Failure)
+    assert failure.worker == PARAMETER_SERVER and not failure.fatal
+    assert "parameter server died" in failure.traceback
+    assert "restarts used: 0/0" in failure.traceback
+    assert 2 <= len(episodes) < 10_000 and not runner.alive()
+    state = runner.sync()  # never synced: the initial state, not an exception
+    assert torch.equal(state.flat, flat0) and runner.final["claimed"] == len(episodes)
 
 
 @needs_ray
 def test_train_cli_with_ray_runner_writes_the_same_outputs(tmp_path):
     """Starts (and shuts down) its own local Ray cluster, as a user's first run would."""
     cmd = [sys.executable, "-m", "qa3c_qiskit.train", "--runner", "ray", "--workers", "2"]
-    cmd += ["--episodes", "30", "--model", "classical", "--quiet", "--out", str(tmp_path)]
-    cmd += ["--run-name", "r"]
+    cmd += ["--learners", "4", "--episodes", "30", "--model", "classical", "--quiet"]
+    cmd += ["--out", str(tmp_path), "--run-name", "r"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "r"
     with open(run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 30 and [int(r["episode"]) for r in rows] == list(range(1, 31))
+    assert {int(r["learner"]) for r in rows} == {0, 1, 2, 3}
+    assert all(int(r["worker"]) == int(r["learner"]) % 2 for r in rows)
     assert (run / "model.pt").exists() and (run / "summary.json").exists()
     ckpt = torch.load(run / "model.pt", weights_only=False)
     assert ckpt["config"]["runner"] == "ray"
