@@ -1,8 +1,10 @@
 """Env steps/s of the local runner vs the Ray runner, same workers, same machine, one run.
 
-    python benchmarks/runners.py [--workers 2] [--episodes 400] [--models classical quantum]
+    python benchmarks/runners.py [--workers 2] [--learners 2] [--episodes 400]
+                                 [--models classical quantum]
 
-For each model and runner: CartPole-v1, a fixed episode budget, the runner driven the way the
+For each model and runner: CartPole-v1, a fixed episode budget, ``--learners`` actor-learners
+spread over ``--workers`` processes (default: one per process), the runner driven the way the
 trainer drives it. Prints a table:
 
 * ``startup s``: from ``start()`` to the first finished episode (process / actor start-up,
@@ -21,11 +23,14 @@ import time
 import torch
 
 from qa3c_qiskit.a3c import A3CSettings
+from qa3c_qiskit.checkpoint import RunState
 from qa3c_qiskit.models import ActorCritic, ModelSpec
-from qa3c_qiskit.runners import make_runner
+from qa3c_qiskit.runners import Episode, Failure, RunPlan, make_runner
 
 
-def measure(runner_name: str, model: str, workers: int, episodes: int, env=None) -> dict:
+def measure(
+    runner_name: str, model: str, workers: int, episodes: int, env=None, learners=None
+) -> dict:
     """Run one budget; return startup (s), steady and overall env steps/s, episodes seen.
 
     ``env``: environment variables set while the workers start (spawned processes inherit them).
@@ -33,7 +38,7 @@ def measure(runner_name: str, model: str, workers: int, episodes: int, env=None)
     saved = {k: os.environ.get(k) for k in env or {}}
     os.environ.update(env or {})
     try:
-        return _measure(runner_name, model, workers, episodes)
+        return _measure(runner_name, model, workers, learners or workers, episodes)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -42,22 +47,22 @@ def measure(runner_name: str, model: str, workers: int, episodes: int, env=None)
                 os.environ[k] = v
 
 
-def _measure(runner_name: str, model: str, workers: int, episodes: int) -> dict:
+def _measure(runner_name: str, model: str, workers: int, learners: int, episodes: int) -> dict:
     torch.manual_seed(0)
     spec = ModelSpec(4, 2, model)
-    runner = make_runner(
-        runner_name,
-        flat=ActorCritic(spec).flat,
+    plan = RunPlan(
         spec=spec,
         env_id="CartPole-v1",
         settings=A3CSettings(),
         workers=workers,
+        learners=learners,
         seed=0,
         budget=episodes,
         lr=1e-4,
         betas=(0.92, 0.999),
         eps=1e-8,
     )
+    runner = make_runner(runner_name, plan, RunState(flat=ActorCritic(spec).flat.detach().clone()))
     t0 = time.time()
     runner.start()
     first = last = None
@@ -65,14 +70,14 @@ def _measure(runner_name: str, model: str, workers: int, episodes: int) -> dict:
     try:
         while True:
             msgs = runner.poll(0.2)
-            for kind, payload in msgs:
-                if kind == "episode":
+            for msg in msgs:
+                if isinstance(msg, Episode):
                     n += 1
-                    point = (payload["time"], payload["env_steps"])
+                    point = (msg.record["time"], msg.record["env_steps"])
                     first = first or point
                     last = point
-                elif kind == "error":
-                    raise RuntimeError(payload["traceback"])
+                elif isinstance(msg, Failure):
+                    raise RuntimeError(msg.traceback)
             if not msgs and not runner.alive():
                 break
     finally:
@@ -90,6 +95,7 @@ def _measure(runner_name: str, model: str, workers: int, episodes: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--learners", type=int, default=None, help="in all (default: --workers)")
     p.add_argument("--episodes", type=int, default=400)
     p.add_argument("--models", nargs="+", default=["classical", "quantum"])
     args = p.parse_args()
@@ -107,14 +113,15 @@ def main() -> None:
     rows = []
     for model in args.models:
         for name, env in variants:
-            r = measure(name, model, args.workers, args.episodes, env)
+            r = measure(name, model, args.workers, args.episodes, env, args.learners)
             label = name + (" OMP_NUM_THREADS=1" if env else "")
             rows.append((model, label, r))
             print(f"  done: {model:9s} {label:24s} {r['steady']:.0f} steps/s", flush=True)
     ray.shutdown()
 
     print(
-        f"\nCartPole-v1, {args.workers} workers, {args.episodes} episodes per run, "
+        f"\nCartPole-v1, {args.learners or args.workers} learners on {args.workers} workers, "
+        f"{args.episodes} episodes per run, "
         f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f}); "
         f"ray.init (local cluster): {ray_init:.1f} s\n"
     )

@@ -387,7 +387,7 @@ class RayRunner(Runner):
             ray.wait(list(runs), num_returns=1, timeout=0 if events else timeout)
             ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=0)
             for ref in ready:
-                events += self._finished(self.slots[runs[ref]])
+                self._finished(self.slots[runs[ref]], events)
         events += self._started()
         if not self.ps_lost:
             # after the finished workers: their last records are at the server by now
@@ -418,14 +418,17 @@ class RayRunner(Runner):
             " (new run after a parameter-server restart)" if ps_restart else ""
         )
 
-    def _finished(self, slot: Slot) -> list:
+    def _finished(self, slot: Slot, events: list) -> None:
+        """Handle the end of ``slot``'s run; its messages go to ``events``."""
         a = self.actors[slot.rank]
         ref, a.run = a.run, None
         # where() ran before run(), so it has resolved (or failed) by now
-        started = self._announce(slot, a) if a.where is not None else []
+        if a.where is not None:
+            events += self._announce(slot, a)
         try:
             ray.get(ref)
-            return started + self._after_exit(slot, None, False, 0)
+            events += self._after_exit(slot, None, False, 0)
+            return
         except (RayTaskError, RayActorError) as exc:
             failure = exc
         # RayTaskError: run_learners raised; RayActorError: the process (or its node) died.
@@ -439,7 +442,7 @@ class RayRunner(Runner):
         ray.kill(a.actor)  # a task failure leaves the actor alive: start afresh
         out = self._after_exit(slot, tb, fatal, given_back)
         self._failed |= any(isinstance(m, Failure) for m in out)
-        return started + out
+        events += out
 
     # -- the parameter server ------------------------------------------------------------------
     def _parameter_server_lost(self, cause: BaseException) -> list:
