@@ -1,6 +1,7 @@
 """Env steps/s of one full A3C worker loop: classical twin vs quantum agent on two backends.
 
-Runs the real worker loop (:func:`qa3c_qiskit.a3c.run_worker`: act every step, update every
+Runs the real worker loop with one actor-learner (:func:`qa3c_qiskit.a3c.run_learners`, K = 1;
+``benchmarks/learners.py`` measures K > 1): act every step, update every
 S = 5 steps, push the gradient into a real :class:`~qa3c_qiskit.optim.SharedAdam` and pull the
 parameters back) in this process, on one torch thread, for
 
@@ -14,7 +15,7 @@ and prints steps/s, the ratio to the classical twin, the time per action and per
 
     python benchmarks/throughput.py                     # CartPole-v1 and MiniGrid S9N1
     python benchmarks/throughput.py --steps 5000 --tc-steps 0   # skip the slow row
-    QA3C_ENGINE=numpy python benchmarks/throughput.py --tc-steps 0  # the numpy executor
+    QA3C_ENGINE=reference python benchmarks/throughput.py --tc-steps 0  # the torch reference
 """
 
 from __future__ import annotations
@@ -22,17 +23,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
 
 from qa3c_qiskit import models
-from qa3c_qiskit.a3c import A3CSettings, _update, run_worker
-from qa3c_qiskit.engine import engine_mode, limit_blas_threads
+from qa3c_qiskit.a3c import A3CSettings, Segment, _update, run_learners, sample_actions
+from qa3c_qiskit.engine import engine_mode
 from qa3c_qiskit.envs import env_info, make_env
 from qa3c_qiskit.models import ActorCritic, ModelSpec
 from qa3c_qiskit.optim import SharedAdam
+from qa3c_qiskit.threads import limit_blas_threads
 
 ENVS = ("CartPole-v1", "MiniGrid-SimpleCrossingS9N1-v0")
 
@@ -66,7 +69,7 @@ class BenchHub:
         self.steps += n
         return self.steps
 
-    def episode_done(self, record: dict) -> None:
+    def episodes_done(self, records: list[dict]) -> None:
         pass
 
     def should_stop(self) -> bool:
@@ -99,6 +102,15 @@ class TorchConnectorCore(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.connector(x).to(torch.float64)
+
+    def functional(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The loop's per-sample-weights call; with one learner every row is the same weight
+        vector, so this is TorchConnector's own autograd function with that vector."""
+        from qiskit_machine_learning.connectors.torch_connector import _TorchNNFunction
+
+        assert bool((rows == rows[:1]).all()), "TorchConnector: one weight vector per call"
+        qnn = self.connector.neural_network
+        return _TorchNNFunction.apply(x, rows[0], qnn, False).to(torch.float64)
 
 
 @contextlib.contextmanager
@@ -137,12 +149,17 @@ def time_act_update(
     gen = torch.Generator().manual_seed(0)
     hub = BenchHub(model.flat, max_steps=0)
     settings = A3CSettings()
+    thetas = model.flat.detach().clone()[None]  # one learner's parameters
+    learner = SimpleNamespace(slot=0)
 
-    def act():
-        model.act(obs[0], gen)
+    def act():  # what the loop does per env step at K = 1
+        with torch.no_grad():
+            probs = torch.softmax(model.batched_logits(thetas, obs[0][None]), dim=-1)
+        sample_actions(probs, [gen])
 
     def update():
-        _update(model, hub, settings, obs[:5], [0, 1, 0, 1, 0], [1.0] * 5, obs[5], False)
+        seg = Segment(obs[:5], [0, 1, 0, 1, 0], [1.0] * 5, obs[5], False)
+        _update(model, thetas, [(learner, seg)], settings, hub)
 
     out = []
     for fn in (act, update):
@@ -164,7 +181,7 @@ def run_loop(env_id: str, kind: str, steps: int, seed: int) -> dict:
     with core_factory(kind):
         ActorCritic(spec)  # compile/cache the engine before the clock starts
         hub = BenchHub(ActorCritic(spec).flat, steps)
-        run_worker(0, seed, env_id, spec, A3CSettings(), hub)
+        run_learners(0, [(0, seed)], env_id, spec, A3CSettings(), hub)
         elapsed = time.perf_counter() - hub.start
         cpu = time.process_time() - hub.cpu_start
         if kind == "torchconnector":  # ~30 s per update: one timed call each
@@ -218,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread, one worker in-process; "
-        f"statevector engine: {engine_mode()} (QA3C_ENGINE=numba|numpy|reference)"
+        f"statevector engine: {engine_mode()} (QA3C_ENGINE=numba|reference)"
     )
     print("(steps/s: wall clock; CPU steps/s: per second of this process's CPU time, which a busy")
     print(" shared machine distorts less; ms/action, ms/update: best of 3 rounds, wall clock;")

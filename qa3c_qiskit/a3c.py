@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .engine import limit_blas_threads
 from .envs import make_env
 from .models import ActorCritic, ModelSpec
+from .threads import limit_blas_threads
 
 
 class NonFiniteError(FloatingPointError):
@@ -307,9 +307,10 @@ def _update(model, thetas, closed, settings, hub) -> None:
     """Each closed learner's own gradient, then per learner: one shared-Adam step + its pull."""
     slots = [learner.slot for learner, _ in closed]
     grads, losses = segment_gradients(model, thetas[slots], [seg for _, seg in closed], settings)
+    finite = (torch.isfinite(grads).all(1) & torch.isfinite(losses)).tolist()
     for j, slot in enumerate(slots):
         grad = grads[j]
-        if not bool(torch.isfinite(grad).all()) or not bool(torch.isfinite(losses[j])):
+        if not finite[j]:
             if settings.on_nonfinite == "raise":
                 raise NonFiniteError(f"non-finite loss or gradient (loss={float(losses[j])})")
             hub.nonfinite()
