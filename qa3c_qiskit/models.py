@@ -185,6 +185,16 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     return {"classical": total - quantum, "quantum": quantum, "total": total}
 
 
+#: Paper Table I (actor + critic): classical part, quantum, QA3C total, classical twin total.
+PAPER_TABLE1 = {
+    "Acrobot-v1": (148, 96, 244, 292),
+    "CartPole-v1": (107, 96, 203, 251),
+    "MiniGrid-SimpleCrossingS9N1-v0": (2431, 96, 2527, 2575),
+    "MiniGrid-SimpleCrossingS9N2-v0": (2431, 96, 2527, 2575),
+    "MiniGrid-SimpleCrossingS9N3-v0": (2431, 96, 2527, 2575),
+}
+
+
 def parameter_table(env_specs: dict[str, tuple[int, int]], **kw) -> list[dict]:
     """Table I rows: per env, QA3C classical/quantum/total and the classical twin's total."""
     rows = []

@@ -45,13 +45,11 @@ class SharedAdam:
         self.params.addcdiv_(self.exp_avg, denom, value=-self.lr / bias1)
 
     def state_dict(self) -> dict:
+        """The optimizer's state: moments and step (lr, betas and eps are the run's config)."""
         return {
             "exp_avg": self.exp_avg.clone(),
             "exp_avg_sq": self.exp_avg_sq.clone(),
             "step": int(self.step_count),
-            "lr": self.lr,
-            "betas": self.betas,
-            "eps": self.eps,
         }
 
     def load_state_dict(self, state: dict) -> None:

@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from qa3c_qiskit.envs import PAPER_ENVS, env_info
-from qa3c_qiskit.models import ActorCritic, ModelSpec, count_parameters, parameter_table
+from qa3c_qiskit.models import (
+    PAPER_TABLE1,
+    ActorCritic,
+    ModelSpec,
+    count_parameters,
+    parameter_table,
+)
 
 # Table I of the paper: env -> (classical part, quantum, QA3C total, classical twin total)
-TABLE_I = {
-    "Acrobot-v1": (148, 96, 244, 292),
-    "CartPole-v1": (107, 96, 203, 251),
-    "MiniGrid-SimpleCrossingS9N1-v0": (2431, 96, 2527, 2575),
-    "MiniGrid-SimpleCrossingS9N2-v0": (2431, 96, 2527, 2575),
-    "MiniGrid-SimpleCrossingS9N3-v0": (2431, 96, 2527, 2575),
-}
+TABLE_I = PAPER_TABLE1
 
 
 @pytest.mark.parametrize("env_id", PAPER_ENVS)
@@ -62,3 +62,19 @@ def test_quantum_actor_outputs_a_distribution():
 def test_unknown_model_kind_is_rejected():
     with pytest.raises(ValueError, match="unknown model 'quantumm'.*quantum, classical"):
         ActorCritic(ModelSpec(4, 2, "quantumm"))
+
+
+def test_batched_forward_with_per_sample_parameters_matches_each_model():
+    """Row b of batched_logits/values equals a model whose flat parameters are theta[b]."""
+    for kind in ("classical", "quantum"):
+        spec = ModelSpec(6, 3, kind)
+        model, twin = ActorCritic(spec), ActorCritic(spec)
+        thetas = model.flat.detach() + 0.05 * torch.randn(
+            4, model.flat.numel(), dtype=torch.float64
+        )
+        obs = torch.randn(4, 6, dtype=torch.float64)
+        logits, values = model.batched_logits(thetas, obs), model.batched_values(thetas, obs)
+        for b in range(4):
+            twin.flat.copy_(thetas[b])
+            assert torch.allclose(logits[b], twin.logits(obs[b : b + 1])[0], atol=1e-12)
+            assert torch.allclose(values[b], twin.value(obs[b : b + 1])[0], atol=1e-12)
