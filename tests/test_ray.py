@@ -128,7 +128,7 @@ def test_learners_on_ray_workers_end_with_the_exact_budget_and_one_adam_step_per
 ):
     budget = 37
     runner = _runner(budget, workers=2, learners=8)
-    runner.start()
+    runner.start(gate=True)  # both workers up before the first claim: all 8 learners play
     try:
         episodes, others, _ = _drive(runner)
     finally:
@@ -179,7 +179,7 @@ def test_resumed_runner_runs_only_the_remaining_budget_from_the_saved_state(loca
 
 @needs_ray
 def test_worker_that_dies_past_max_restarts_fails_the_run(local_ray):
-    runner = _runner(budget=10_000, max_restarts=0)
+    runner = _runner(budget=10_000, workers=1, max_restarts=0)  # one actor: a faster start
     runner.start()
     done = []
 
@@ -208,7 +208,7 @@ def test_killed_worker_then_killed_parameter_server_the_run_ends_with_the_exact_
     budget = 150  # worker 1 alone must not finish it before both faults are injected
     runner = _runner(budget, max_restarts=2)
     flat0 = runner.state.flat.clone()
-    runner.start()
+    runner.start(gate=True)
     f = {}
 
     def faults(n):
@@ -269,7 +269,7 @@ def test_killed_worker_then_killed_parameter_server_the_run_ends_with_the_exact_
 def test_parameter_server_lost_past_max_restarts_fails_the_run_and_keeps_the_synced_state(
     local_ray,
 ):
-    runner = _runner(budget=10_000, max_restarts=0)
+    runner = _runner(budget=10_000, workers=1, max_restarts=0)
     flat0 = runner.state.flat.clone()
     runner.start()
     done = []

@@ -267,6 +267,7 @@ class RayRunner(Runner):
         self._closed = False
         self._failed = False  # a Failure was reported: no parameter-server restart any more
         self._reuse = False  # _launch: reuse the rank's actor (after a parameter-server restart)
+        self._gate: list | None = None  # start(gate=True): runs to submit once all are up
         self.final: dict | None = None  # the parameter server's last state, kept by close()
         # What a new parameter server starts from: the last synced state, and the episodes
         # delivered so far (by poll) with the env-step count of the last of them.
@@ -325,6 +326,22 @@ class RayRunner(Runner):
             slot.entry["pid"] = a.info["pid"]
             self._pending.append(Event(self._started_text(slot, self._where_text(a, True))))
 
+    def start(self, gate: bool = False) -> None:
+        """Start every worker. ``gate=True``: start their loops only once every worker actor is
+        up (process started, imports done), so that a small budget is shared by all of them
+        rather than used up by the first one up (tests, benchmarks; the trainer does not)."""
+        self._gate = [] if gate else None
+        try:
+            super().start()
+            if gate:
+                ray.wait(
+                    [a.where for a in self.actors.values()], num_returns=len(self.actors)
+                )  # a failed actor is reported by poll, as without the gate
+                for submit in self._gate:
+                    submit()
+        finally:
+            self._gate = None
+
     def _launch(self, slot: Slot, learners: list[tuple[int, int]]) -> None:
         self._incarnation += 1
         token = (slot.rank, self._incarnation)
@@ -332,17 +349,22 @@ class RayRunner(Runner):
         old = self.actors.get(slot.rank)
         if self._reuse and old is not None:
             # the new run starts when the old one has failed (one call at a time)
-            run = old.actor.run.remote(
+            a = _Actor(old.actor, None, old.where, token, old.info, old.entries)
+        else:
+            actor = RayWorker.remote()
+            where = actor.where.remote()  # runs before run(): calls to an actor run in order
+            a = _Actor(actor, None, where, token)
+        self.actors[slot.rank] = a
+
+        def submit():
+            a.run = a.actor.run.remote(
                 slot.rank, learners, plan.env_id, plan.spec, plan.settings, self.ps, token
             )
-            self.actors[slot.rank] = _Actor(old.actor, run, old.where, token, old.info, old.entries)
-            return None
-        actor = RayWorker.remote()
-        where = actor.where.remote()  # runs before run(): calls to an actor run in order
-        run = actor.run.remote(
-            slot.rank, learners, plan.env_id, plan.spec, plan.settings, self.ps, token
-        )
-        self.actors[slot.rank] = _Actor(actor, run, where, token)
+
+        if self._gate is None:
+            submit()
+        else:
+            self._gate.append(submit)
         return None  # the pid follows in a "worker N started" event (see _started)
 
     def pid(self, rank: int) -> int:
