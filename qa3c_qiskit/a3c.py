@@ -145,8 +145,12 @@ def segment_gradients(
     seg_of_step = torch.repeat_interleave(torch.arange(n_seg), lens)
     obs = torch.stack([o for s in segments for o in s.obs])
     boot_obs = torch.stack([s.next_obs for s in segments])
-    values = model.batched_values(
-        theta[torch.cat([seg_of_step, torch.arange(n_seg)])], torch.cat([obs, boot_obs])
+    # one call of the quantum layer for the actor's and the critic's samples
+    logits, values = model.batched_logits_values(
+        theta[seg_of_step],
+        obs,
+        theta[torch.cat([seg_of_step, torch.arange(n_seg)])],
+        torch.cat([obs, boot_obs]),
     )
     n = obs.shape[0]
     boot = values[n:].detach()
@@ -157,7 +161,6 @@ def segment_gradients(
         ]
     )
     actions = torch.tensor([a for s in segments for a in s.actions], dtype=torch.long)
-    logits = model.batched_logits(theta[seg_of_step], obs)
     per_step = _per_step_loss(logits, values[:n], actions, returns, settings.entropy_coef)
     losses = torch.zeros(n_seg, dtype=per_step.dtype).index_add(0, seg_of_step, per_step)
     if settings.loss_reduction == "mean":

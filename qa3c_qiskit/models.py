@@ -60,11 +60,22 @@ class Dressed(nn.Module):
     def functional(self, rows: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """``forward`` with per-sample parameters: ``rows`` [B, n] holds, for each sample, this
         network's parameters flattened in ``self.parameters()`` order; returns [B, out]."""
+        h, w_core = self.functional_pre(rows, obs)
+        return self.functional_post(rows, self.core.functional(h, w_core))
+
+    def _sizes(self) -> tuple[int, int]:
         n_pre = self.pre.weight.numel() + self.pre.bias.numel()
-        n_core = sum(p.numel() for p in self.core.parameters())
+        return n_pre, n_pre + sum(p.numel() for p in self.core.parameters())
+
+    def functional_pre(self, rows, obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the core's inputs ``tanh(pre(obs))`` [B, n_qubits], the core's rows [B, n_core])."""
+        n_pre, n_pre_core = self._sizes()
         h = torch.tanh(batched_linear(self.pre, rows[:, :n_pre], obs))
-        h = torch.tanh(self.core.functional(h, rows[:, n_pre : n_pre + n_core]))
-        return batched_linear(self.post, rows[:, n_pre + n_core :], h)
+        return h, rows[:, n_pre:n_pre_core]
+
+    def functional_post(self, rows, core_out) -> torch.Tensor:
+        """``post(tanh(core_out))`` with per-sample parameters: [B, out]."""
+        return batched_linear(self.post, rows[:, self._sizes()[1] :], torch.tanh(core_out))
 
 
 def batched_linear(layer: nn.Linear, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +135,21 @@ class ActorCritic(nn.Module):
     def batched_values(self, theta: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """State values [B], sample ``b`` evaluated with parameters ``theta[b]``."""
         return self.critic.functional(theta[:, self.n_actor :], obs).squeeze(-1)
+
+    def batched_logits_values(
+        self, theta_a: torch.Tensor, obs_a: torch.Tensor, theta_c: torch.Tensor, obs_c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batched_logits(theta_a, obs_a), batched_values(theta_c, obs_c))`` with the actor's
+        and the critic's VQC samples in ONE call of the quantum layer (same circuit, per-sample
+        weights): one primitive call instead of two on the Qiskit backends, and one engine
+        forward and backward instead of two on ``statevector``."""
+        h_a, w_a = self.actor.functional_pre(theta_a[:, : self.n_actor], obs_a)
+        h_c, w_c = self.critic.functional_pre(theta_c[:, self.n_actor :], obs_c)
+        q = self.actor.core.functional(torch.cat([h_a, h_c]), torch.cat([w_a, w_c]))
+        n = h_a.shape[0]
+        logits = self.actor.functional_post(theta_a[:, : self.n_actor], q[:n])
+        values = self.critic.functional_post(theta_c[:, self.n_actor :], q[n:]).squeeze(-1)
+        return logits, values
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> int:
