@@ -40,8 +40,9 @@ SKIPPED = {"barrier", "delay"}
 # --------------------------------------------------------------------------------------------
 # Kernel codes (shared with .kernels)
 # --------------------------------------------------------------------------------------------
-#: stage ops of the flat program (see .numba_exec)
-OP_LOCAL, OP_MONO, OP_DENSE = 1, 2, 3
+#: stage ops of the flat program (see .numba_exec; OP_ZFOLD: a final local layer folded into a
+#: <Z_q> readout, see .fold)
+OP_LOCAL, OP_MONO, OP_DENSE, OP_ZFOLD = 1, 2, 3, 4
 #: gate kinds; 0 is a constant matrix
 K_CONST, K_RX, K_RY, K_RZ, K_P, K_U, K_PAULI2, K_CRX, K_CRY, K_CRZ, K_CP = range(11)
 #: angle-program opcodes: A_PARAM j (the slot's j-th parameter), A_CONST c (``consts[c]``),

@@ -52,6 +52,9 @@ from .compile import (
 )
 
 _JIT = {"cache": True, "nogil": True}
+#: from this many lanes on, state updates loop over lanes innermost (vectorised); below, each
+#: lane runs its own scalar loop (a short vector loop per amplitude pair costs more than it saves)
+VEC_LANES = 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,14 +112,19 @@ def _angles_chunk(x, w, b0, wc, aprog, aconst, ang, dang, keep, vals, grads):
                     else:
                         vals[sp, lane] = w[0 if shared else b, p - n_in]
                 if keep:
-                    grads[sp, :k, :wc] = 0.0
-                    grads[sp, j, :wc] = 1.0
+                    for t in range(k):
+                        for lane in range(wc):
+                            grads[sp, t, lane] = 1.0 if t == j else 0.0
                 sp += 1
                 pc += 2
             elif op == A_CONST:
-                vals[sp, :wc] = aconst[aprog[pc + 1]]
+                cv = aconst[aprog[pc + 1]]
+                for lane in range(wc):
+                    vals[sp, lane] = cv
                 if keep:
-                    grads[sp, :k, :wc] = 0.0
+                    for t in range(k):
+                        for lane in range(wc):
+                            grads[sp, t, lane] = 0.0
                 sp += 1
                 pc += 2
             elif op == A_ADD or op == A_MUL:
@@ -160,9 +168,12 @@ def _angles_chunk(x, w, b0, wc, aprog, aconst, ang, dang, keep, vals, grads):
                         for t in range(k):
                             grads[sp - 1, t, lane] *= dv
                 pc += 2
-        ang[s, :wc] = vals[0, :wc]
+        for lane in range(wc):
+            ang[s, lane] = vals[0, lane]
         if keep:
-            dang[s, :k, :wc] = grads[0, :k, :wc]
+            for t in range(k):
+                for lane in range(wc):
+                    dang[s, t, lane] = grads[0, t, lane]
 
 
 @njit(**_JIT)
@@ -235,8 +246,10 @@ def _build_gates(gates, ang, wc, cplx, shared, mats):
             for e in range(4):
                 mats[g, 2 * e, lane] = m[e].real
                 mats[g, 2 * e + 1, lane] = m[e].imag
-        for lane in range(lanes, wc):
-            mats[g, :, lane] = mats[g, :, 0]
+        for e in range(8):
+            v0 = mats[g, e, 0]
+            for lane in range(lanes, wc):
+                mats[g, e, lane] = v0
 
 
 @njit(**_JIT)
@@ -286,29 +299,80 @@ def _chain(mats, g_first, n_gates, wc, adjoint, out):
 def _apply1(psi, q, m, wc):
     """psi [dim, 2, W] <- m [8, W] on qubit q."""
     stride = 1 << q
-    for base in range(0, psi.shape[0], 2 * stride):
+    dim = psi.shape[0]
+    if wc < VEC_LANES:
+        for lane in range(wc):
+            m0r, m0i, m1r, m1i = m[0, lane], m[1, lane], m[2, lane], m[3, lane]
+            m2r, m2i, m3r, m3i = m[4, lane], m[5, lane], m[6, lane], m[7, lane]
+            for base in range(0, dim, 2 * stride):
+                for i in range(base, base + stride):
+                    j = i + stride
+                    ar, ai = psi[i, 0, lane], psi[i, 1, lane]
+                    br, bi = psi[j, 0, lane], psi[j, 1, lane]
+                    psi[i, 0, lane] = m0r * ar - m0i * ai + m1r * br - m1i * bi
+                    psi[i, 1, lane] = m0r * ai + m0i * ar + m1r * bi + m1i * br
+                    psi[j, 0, lane] = m2r * ar - m2i * ai + m3r * br - m3i * bi
+                    psi[j, 1, lane] = m2r * ai + m2i * ar + m3r * bi + m3i * br
+        return
+    for base in range(0, dim, 2 * stride):
         for i in range(base, base + stride):
-            a = psi[i]
-            b = psi[i + stride]
+            j = i + stride
             for lane in range(wc):
-                ar, ai, br, bi = a[0, lane], a[1, lane], b[0, lane], b[1, lane]
-                a[0, lane] = m[0, lane] * ar - m[1, lane] * ai + m[2, lane] * br - m[3, lane] * bi
-                a[1, lane] = m[0, lane] * ai + m[1, lane] * ar + m[2, lane] * bi + m[3, lane] * br
-                b[0, lane] = m[4, lane] * ar - m[5, lane] * ai + m[6, lane] * br - m[7, lane] * bi
-                b[1, lane] = m[4, lane] * ai + m[5, lane] * ar + m[6, lane] * bi + m[7, lane] * br
+                ar, ai = psi[i, 0, lane], psi[i, 1, lane]
+                br, bi = psi[j, 0, lane], psi[j, 1, lane]
+                psi[i, 0, lane] = (
+                    m[0, lane] * ar - m[1, lane] * ai + m[2, lane] * br - m[3, lane] * bi
+                )
+                psi[i, 1, lane] = (
+                    m[0, lane] * ai + m[1, lane] * ar + m[2, lane] * bi + m[3, lane] * br
+                )
+                psi[j, 0, lane] = (
+                    m[4, lane] * ar - m[5, lane] * ai + m[6, lane] * br - m[7, lane] * bi
+                )
+                psi[j, 1, lane] = (
+                    m[4, lane] * ai + m[5, lane] * ar + m[6, lane] * bi + m[7, lane] * br
+                )
 
 
 @njit(**_JIT)
 def _reduced1(g, psi, q, wc, r):
     """r [8, W] <- Tr_other(g psi^dagger) on qubit q, per lane."""
     stride = 1 << q
-    r[:, :wc] = 0.0
-    for base in range(0, psi.shape[0], 2 * stride):
+    dim = psi.shape[0]
+    if wc < VEC_LANES:
+        for lane in range(wc):
+            r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
+            for base in range(0, dim, 2 * stride):
+                for i in range(base, base + stride):
+                    j = i + stride
+                    g0r, g0i, g1r, g1i = g[i, 0, lane], g[i, 1, lane], g[j, 0, lane], g[j, 1, lane]
+                    p0r, p0i = psi[i, 0, lane], psi[i, 1, lane]
+                    p1r, p1i = psi[j, 0, lane], psi[j, 1, lane]
+                    r0 += g0r * p0r + g0i * p0i
+                    r1 += g0i * p0r - g0r * p0i
+                    r2 += g0r * p1r + g0i * p1i
+                    r3 += g0i * p1r - g0r * p1i
+                    r4 += g1r * p0r + g1i * p0i
+                    r5 += g1i * p0r - g1r * p0i
+                    r6 += g1r * p1r + g1i * p1i
+                    r7 += g1i * p1r - g1r * p1i
+            r[0, lane], r[1, lane], r[2, lane], r[3, lane] = r0, r1, r2, r3
+            r[4, lane], r[5, lane], r[6, lane], r[7, lane] = r4, r5, r6, r7
+        return
+    for e in range(8):
+        for lane in range(wc):
+            r[e, lane] = 0.0
+    for base in range(0, dim, 2 * stride):
         for i in range(base, base + stride):
-            g0, g1, p0, p1 = g[i], g[i + stride], psi[i], psi[i + stride]
+            j = i + stride
             for lane in range(wc):
-                g0r, g0i, g1r, g1i = g0[0, lane], g0[1, lane], g1[0, lane], g1[1, lane]
-                p0r, p0i, p1r, p1i = p0[0, lane], p0[1, lane], p1[0, lane], p1[1, lane]
+                g0r, g0i, g1r, g1i = g[i, 0, lane], g[i, 1, lane], g[j, 0, lane], g[j, 1, lane]
+                p0r, p0i, p1r, p1i = (
+                    psi[i, 0, lane],
+                    psi[i, 1, lane],
+                    psi[j, 0, lane],
+                    psi[j, 1, lane],
+                )
                 r[0, lane] += g0r * p0r + g0i * p0i  # g0 conj(p0)
                 r[1, lane] += g0i * p0r - g0r * p0i
                 r[2, lane] += g0r * p1r + g0i * p1i  # g0 conj(p1)
@@ -324,8 +388,10 @@ def _product_state(prog, mats, wc, psi, v):
     """psi <- the first local layer (at prog[0]) applied to |0...0>: per lane the product of
     each qubit's M|0>, built qubit by qubit. ``v`` [n, 4, W] scratch."""
     n = v.shape[0]
-    v[:, 0, :wc] = 1.0  # (1, 0) for qubits without gates
-    v[:, 1:, :wc] = 0.0
+    for q in range(n):
+        for lane in range(wc):
+            v[q, 0, lane] = 1.0  # (1, 0) for qubits without gates
+            v[q, 1, lane] = v[q, 2, lane] = v[q, 3, lane] = 0.0
     for c in range(prog[1]):
         q, n_gates, g_first = prog[2 + 3 * c], prog[3 + 3 * c], prog[4 + 3 * c]
         for lane in range(wc):
@@ -335,8 +401,9 @@ def _product_state(prog, mats, wc, psi, v):
                 a, b = m[0] * a + m[1] * b, m[2] * a + m[3] * b
             v[q, 0, lane], v[q, 1, lane] = a.real, a.imag
             v[q, 2, lane], v[q, 3, lane] = b.real, b.imag
-    psi[0, 0, :wc] = 1.0
-    psi[0, 1, :wc] = 0.0
+    for lane in range(wc):
+        psi[0, 0, lane] = 1.0
+        psi[0, 1, lane] = 0.0
     size = 1
     for q in range(n):
         vq = v[q]
@@ -355,17 +422,18 @@ def _product_state(prog, mats, wc, psi, v):
 def _permute(psi, tmp, idx, cplx, off, conj, wc):
     """tmp[k] <- phase[k] * psi[idx[k]] (conj phase if ``conj``; no phase if off < 0)."""
     for k in range(psi.shape[0]):
-        src = psi[idx[k]]
-        dst = tmp[k]
+        j = idx[k]
         if off < 0:
-            dst[:, :wc] = src[:, :wc]
+            for lane in range(wc):
+                tmp[k, 0, lane] = psi[j, 0, lane]
+                tmp[k, 1, lane] = psi[j, 1, lane]
         else:
-            ph = cplx[off + (idx[k] if conj else k)]
+            ph = cplx[off + (j if conj else k)]
             pr, pi = ph.real, -ph.imag if conj else ph.imag
             for lane in range(wc):
-                sr, si = src[0, lane], src[1, lane]
-                dst[0, lane] = pr * sr - pi * si
-                dst[1, lane] = pr * si + pi * sr
+                sr, si = psi[j, 0, lane], psi[j, 1, lane]
+                tmp[k, 0, lane] = pr * sr - pi * si
+                tmp[k, 1, lane] = pr * si + pi * sr
 
 
 @njit(**_JIT)
@@ -434,3 +502,40 @@ def _apply_dense_lane(psi, lane, u, mask, offs, adjoint):
                 acc += (u[b, a].conjugate() if adjoint else u[a, b]) * v[b]
             psi[base + offs[a], 0, lane] = acc.real
             psi[base + offs[a], 1, lane] = acc.imag
+
+
+@njit(**_JIT)
+def _grad1(gate, ang, lane, r, m, g_ang):
+    """Add the angle gradients of one single-qubit gate (matrix ``m``, reduced operator ``r``
+    right after it) to ``g_ang[:, lane]``: Re sum(conj(r) * D) for each angle's generator D."""
+    kind = gate[0]
+    s0 = gate[1]
+    if kind == K_CONST:
+        return
+    if kind == K_RX:  # D = -i/2 X
+        g_ang[s0, lane] += 0.5 * (r[1].imag + r[2].imag) * -1.0
+    elif kind == K_RY:  # D = [[0, -1/2], [1/2, 0]]
+        g_ang[s0, lane] += 0.5 * (r[2].real - r[1].real)
+    elif kind == K_RZ:  # D = -i/2 Z
+        g_ang[s0, lane] += 0.5 * (r[3].imag - r[0].imag)
+    elif kind == K_P:  # D = diag(0, i)
+        g_ang[s0, lane] += r[3].imag
+    else:  # K_U: D_a = (dM/da) M^dagger
+        t, phi, lam = ang[s0, lane], ang[gate[2], lane], ang[gate[3], lane]
+        c, s = np.cos(t / 2), np.sin(t / 2)
+        ep, el, epl = np.exp(1j * phi), np.exp(1j * lam), np.exp(1j * (phi + lam))
+        mh = _dag(m)
+        d_t = _mul((-0.5 * s + 0j, -0.5 * el * c, 0.5 * ep * c, -0.5 * epl * s), mh)
+        d_p = _mul((0j, 0j, 1j * ep * s, 1j * epl * c), mh)
+        d_l = _mul((0j, -1j * el * s, 0j, 1j * epl * c), mh)
+        g_ang[s0, lane] += _re_inner(r, d_t)
+        g_ang[gate[2], lane] += _re_inner(r, d_p)
+        g_ang[gate[3], lane] += _re_inner(r, d_l)
+
+
+@njit(**_JIT)
+def _re_inner(r, d):
+    """Re sum(conj(r) * d) of two 2x2 4-tuples."""
+    return (
+        np.conj(r[0]) * d[0] + np.conj(r[1]) * d[1] + np.conj(r[2]) * d[2] + np.conj(r[3]) * d[3]
+    ).real

@@ -19,15 +19,17 @@ from .compile import (
     OP_DENSE,
     OP_LOCAL,
     OP_MONO,
+    OP_ZFOLD,
     Dense,
     LocalLayer,
     Monomial,
     Program,
 )
+from .fold import z_coefficients
 
 RDTYPE = torch.float64
-#: lanes per chunk: the width of the vectorised inner loops
-LANES = 8
+#: at most this many lanes (samples) per chunk: the width of the vectorised inner loops
+LANES = 64
 
 
 class NumbaExecutor:
@@ -93,8 +95,18 @@ class NumbaExecutor:
             record = not isinstance(st, Monomial)
             ops.append([pc, n_rec if record else -1, 0])
             n_rec += record
-        if ops and ops[-1][1] < 0:  # the backward starts from the final state
+        # the paper's <Z_q> readout after a final local layer: fold the layer into the readout
+        self.zcoef = z_coefficients(program.readout)
+        if self.zcoef is not None and len(ops) >= 2 and prog[ops[-1][0]] == OP_LOCAL:
+            prog[ops[-1][0]] = OP_ZFOLD
+            ops[-1][1] = -1
+            n_rec -= 1
+            if ops[-2][1] < 0:  # the backward starts from the state before the fold
+                ops[-2][1] = n_rec
+        elif ops and ops[-1][1] < 0:  # the backward starts from the final state
             ops[-1][1] = n_rec
+        if self.zcoef is None:
+            self.zcoef = np.zeros((program.readout.shape[0], program.n + 1))
         self.ops = np.array(ops, dtype=np.int64).reshape(-1, 3)
         self.prog = np.array(prog, dtype=np.int64)
         self.gates = np.array(gates, dtype=np.int64).reshape(-1, 6)
@@ -109,26 +121,26 @@ class NumbaExecutor:
         warm_kernels()
 
     def _args(self):
-        return (self.ops, self.prog, self.gates, self.perm, self.cplx, self.readout, LANES)
+        return (self.ops, self.prog, self.gates, self.perm, self.cplx, self.readout, self.zcoef)
 
     def forward(self, x: np.ndarray, w: np.ndarray, keep: bool):
         """(outputs [B, n_obs], tape for :meth:`backward` or None); ``w`` [1 or B, n_w]."""
         from .sweeps import forward
 
-        out, tape, ang, dang, mats = forward(x, w, self.aprog, self.aconst, *self._args(), keep)
-        return out, ((x, w, tape, ang, dang, mats) if keep else None)
+        out, tape, ang, dang, mats, rho = forward(
+            x, w, self.aprog, self.aconst, *self._args(), LANES, keep
+        )
+        return out, ((x, w, tape, ang, dang, mats, rho) if keep else None)
 
     def backward(self, tape, g_out: np.ndarray, per_sample: bool):
         """(dL/dx [B, n_in], dL/dw [B or 1, n_w]) from dL/d outputs [B, n_obs]."""
         from .sweeps import backward
 
-        x, w, states, ang, dang, mats = tape
+        x, w, states, ang, dang, mats, rho = tape
         if self.ops.shape[0] == 0:  # no gates: nothing depends on x or w
             return np.zeros_like(x), np.zeros((x.shape[0] if per_sample else 1, w.shape[1]))
-        ops, prog, gates, perm, cplx, readout, lanes = self._args()
         return backward(
-            x, w, self.aprog, ops, prog, gates, perm, cplx, readout, lanes,
-            states, ang, dang, mats, g_out, per_sample,
+            x, w, self.aprog, *self._args(), states, ang, dang, mats, rho, g_out, per_sample,
         )  # fmt: skip
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

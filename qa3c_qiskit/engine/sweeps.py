@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .compile import K_CONST, K_P, K_RX, K_RY, K_RZ, OP_LOCAL, OP_MONO
+from .compile import K_CONST, OP_LOCAL, OP_MONO, OP_ZFOLD
+from .fold import fold_backward, fold_out, fold_rho
 from .kernels import (
     _JIT,
     _angles_chunk,
@@ -21,6 +22,7 @@ from .kernels import (
     _dense_lane,
     _dense_offsets,
     _get,
+    _grad1,
     _mul,
     _permute,
     _product_state,
@@ -29,17 +31,19 @@ from .kernels import (
 
 
 @njit(**_JIT)
-def forward(x, w, aprog, aconst, ops, prog, gates, perm, cplx, readout, wd, keep):
+def forward(x, w, aprog, aconst, ops, prog, gates, perm, cplx, readout, zcoef, wd, keep):
     """(outputs [B, n_obs], tape, ang, dang, mats) for inputs ``x`` [B, n_in] and weights ``w``
     [1 or B, n_w], lanes of width ``wd``. With ``keep``, per chunk: ``tape`` [C, n_rec, dim, 2,
     W] (the recorded states), ``ang`` [C, n_slots, W], ``dang`` [C, n_slots, k_max, W], ``mats``
-    [C, n_gates, 8, W] (what :func:`backward` needs); else they are scratch."""
+    [C, n_gates, 8, W], ``rho`` [C, n, 4, W] (what :func:`backward` needs); else scratch.
+    ``zcoef`` [n_obs, n + 1]: the readout as Z_q coefficients, used by an OP_ZFOLD op."""
     b_rows = x.shape[0]
     n_obs, dim = readout.shape
     n = 0
     while (1 << n) < dim:
         n += 1
-    n_chunks = (b_rows + wd - 1) // wd
+    n_chunks = max((b_rows + wd - 1) // wd, 1)
+    wd = max((b_rows + n_chunks - 1) // n_chunks, 1)  # equal chunks of at most wd lanes
     n_slots, k_max, depth = aprog[0], aprog[1], aprog[2]
     n_ops = ops.shape[0]
     n_rec = 0
@@ -57,6 +61,7 @@ def forward(x, w, aprog, aconst, ops, prog, gates, perm, cplx, readout, wd, keep
     v = np.empty((n, 4, wd))
     chain = np.empty((8, wd))
     acc = np.empty((n_obs, wd))
+    rho = np.empty((kc, n, 4, wd))
     out = np.zeros((b_rows, n_obs))
     no_gate = np.full(6, -1, dtype=np.int64)
     shared = w.shape[0] == 1
@@ -66,12 +71,21 @@ def forward(x, w, aprog, aconst, ops, prog, gates, perm, cplx, readout, wd, keep
         k = ci if keep else 0
         _angles_chunk(x, w, b0, wc, aprog, aconst, ang[k], dang[k], keep, vals, grads)
         _build_gates(gates, ang[k], wc, cplx, shared, mats[k])
-        psi[:, :, :wc] = 0.0
-        psi[0, 0, :wc] = 1.0
+        for i in range(dim):
+            for lane in range(wc):
+                psi[i, 0, lane] = 0.0
+                psi[i, 1, lane] = 0.0
+        for lane in range(wc):
+            psi[0, 0, lane] = 1.0
+        folded = False
         for o in range(n_ops):
             pc = ops[o, 0]
             op = prog[pc]
-            if op == OP_LOCAL and o == 0:
+            if op == OP_ZFOLD:
+                fold_rho(psi, n, wc, rho[k])
+                fold_out(rho[k], prog, pc, mats[k], wc, zcoef, out, b0)
+                folded = True
+            elif op == OP_LOCAL and o == 0:
                 _product_state(prog, mats[k], wc, psi, v)
             elif op == OP_LOCAL:
                 for c in range(prog[pc + 1]):
@@ -92,8 +106,16 @@ def forward(x, w, aprog, aconst, ops, prog, gates, perm, cplx, readout, wd, keep
                     _apply_dense_lane(psi, lane, u, mask, offs, False)
             rec = ops[o, 1]
             if keep and rec >= 0:
-                tape[ci, rec, :, :, :wc] = psi[:, :, :wc]
-        acc[:, :wc] = 0.0
+                t_rec = tape[ci, rec]
+                for i in range(dim):
+                    for lane in range(wc):
+                        t_rec[i, 0, lane] = psi[i, 0, lane]
+                        t_rec[i, 1, lane] = psi[i, 1, lane]
+        if folded:
+            continue
+        for j in range(n_obs):
+            for lane in range(wc):
+                acc[j, lane] = 0.0
         for i in range(dim):
             a = psi[i]
             for j in range(n_obs):
@@ -104,49 +126,28 @@ def forward(x, w, aprog, aconst, ops, prog, gates, perm, cplx, readout, wd, keep
         for lane in range(wc):
             for j in range(n_obs):
                 out[b0 + lane, j] = acc[j, lane]
-    return out, tape, ang, dang, mats
-
-
-@njit(**_JIT)
-def _grad1(gate, ang, lane, r, m, g_ang):
-    """Add the angle gradients of one single-qubit gate (matrix ``m``, reduced operator ``r``
-    right after it) to ``g_ang[:, lane]``: Re sum(conj(r) * D) for each angle's generator D."""
-    kind = gate[0]
-    s0 = gate[1]
-    if kind == K_CONST:
-        return
-    if kind == K_RX:  # D = -i/2 X
-        g_ang[s0, lane] += 0.5 * (r[1].imag + r[2].imag) * -1.0
-    elif kind == K_RY:  # D = [[0, -1/2], [1/2, 0]]
-        g_ang[s0, lane] += 0.5 * (r[2].real - r[1].real)
-    elif kind == K_RZ:  # D = -i/2 Z
-        g_ang[s0, lane] += 0.5 * (r[3].imag - r[0].imag)
-    elif kind == K_P:  # D = diag(0, i)
-        g_ang[s0, lane] += r[3].imag
-    else:  # K_U: D_a = (dM/da) M^dagger
-        t, phi, lam = ang[s0, lane], ang[gate[2], lane], ang[gate[3], lane]
-        c, s = np.cos(t / 2), np.sin(t / 2)
-        ep, el, epl = np.exp(1j * phi), np.exp(1j * lam), np.exp(1j * (phi + lam))
-        mh = _dag(m)
-        d_t = _mul((-0.5 * s + 0j, -0.5 * el * c, 0.5 * ep * c, -0.5 * epl * s), mh)
-        d_p = _mul((0j, 0j, 1j * ep * s, 1j * epl * c), mh)
-        d_l = _mul((0j, -1j * el * s, 0j, 1j * epl * c), mh)
-        g_ang[s0, lane] += _re_inner(r, d_t)
-        g_ang[gate[2], lane] += _re_inner(r, d_p)
-        g_ang[gate[3], lane] += _re_inner(r, d_l)
-
-
-@njit(**_JIT)
-def _re_inner(r, d):
-    """Re sum(conj(r) * d) of two 2x2 4-tuples."""
-    return (
-        np.conj(r[0]) * d[0] + np.conj(r[1]) * d[1] + np.conj(r[2]) * d[2] + np.conj(r[3]) * d[3]
-    ).real
+    return out, tape, ang, dang, mats, rho
 
 
 @njit(**_JIT)
 def backward(
-    x, w, aprog, ops, prog, gates, perm, cplx, readout, wd, tape, ang, dang, mats, g_out, per_sample
+    x,
+    w,
+    aprog,
+    ops,
+    prog,
+    gates,
+    perm,
+    cplx,
+    readout,
+    zcoef,
+    tape,
+    ang,
+    dang,
+    mats,
+    rho,
+    g_out,
+    per_sample,
 ):
     """(dL/dx [B, n_in], dL/dw [B, n_w] if ``per_sample`` else [1, n_w]) from dL/d outputs
     ``g_out`` [B, n_obs] and :func:`forward`'s ``tape``, ``ang``, ``dang``, ``mats``."""
@@ -155,6 +156,7 @@ def backward(
     n_obs, dim = readout.shape
     n_slots = aprog[0]
     n_ops = ops.shape[0]
+    wd = tape.shape[-1]
     gx = np.zeros((b_rows, n_in))
     gw = np.zeros((b_rows if per_sample else 1, n_w))
     g = np.empty((dim, 2, wd))
@@ -164,22 +166,35 @@ def backward(
     gsum = np.empty(wd)
     g_ang = np.empty((n_slots, wd))
     no_gate = np.full(6, -1, dtype=np.int64)
+    nmat = np.empty((rho.shape[1], 8, wd))
+    last = n_ops - 1
     for ci in range(tape.shape[0]):
         b0 = ci * wd
         wc = min(wd, b_rows - b0)
         a_c, m_c = ang[ci], mats[ci]
-        g_ang[:, :wc] = 0.0
-        final = tape[ci, ops[n_ops - 1, 1]]
-        for i in range(dim):
+        for s in range(n_slots):
             for lane in range(wc):
-                s = 0.0
-                for j in range(n_obs):
-                    s += readout[j, i] * g_out[b0 + lane, j]
-                gsum[lane] = 2.0 * s
-            for lane in range(wc):
-                g[i, 0, lane] = gsum[lane] * final[i, 0, lane]
-                g[i, 1, lane] = gsum[lane] * final[i, 1, lane]
-        for o in range(n_ops - 1, -1, -1):
+                g_ang[s, lane] = 0.0
+        if prog[ops[last, 0]] == OP_ZFOLD:
+            before = tape[ci, ops[last - 1, 1]]
+            fold_backward(
+                before, rho[ci], prog, ops[last, 0], gates, m_c, a_c, wc, zcoef, g_out, b0, g,
+                g_ang, nmat,
+            )  # fmt: skip
+            start = last - 1
+        else:
+            final = tape[ci, ops[last, 1]]
+            for i in range(dim):
+                for lane in range(wc):
+                    s = 0.0
+                    for j in range(n_obs):
+                        s += readout[j, i] * g_out[b0 + lane, j]
+                    gsum[lane] = 2.0 * s
+                for lane in range(wc):
+                    g[i, 0, lane] = gsum[lane] * final[i, 0, lane]
+                    g[i, 1, lane] = gsum[lane] * final[i, 1, lane]
+            start = last
+        for o in range(start, -1, -1):
             pc = ops[o, 0]
             op = prog[pc]
             if op == OP_LOCAL:

@@ -1,0 +1,146 @@
+"""The final local layer folded into a single-qubit ``<Z_q>`` readout (numba kernels).
+
+When every observable is ``c_0 + sum_q c_q Z_q`` (the paper's ``<Z_i>`` readout) and the circuit
+ends with a layer of single-qubit gates ``M = (x)_q M_q``, the layer is never applied to the
+state: ``<Z_q> = Tr(sigma_q Z)`` with ``sigma_q = M_q rho_q M_q^dagger`` and ``rho_q`` the 2x2
+reduced state of qubit q before the layer (one light pass per qubit instead of applying the
+layer and reading out). Backward: with ``h_q = sum_j g_out_j c_jq``, the chain's reduced operator
+is ``r_q = 2 h_q Z sigma_q`` (other qubits' terms are Hermitian and do not contribute), and the
+adjoint before the layer is ``g = sum_q 2 h_q N_q psi`` with ``N_q = M_q^dagger Z M_q``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .kernels import _JIT, _dag, _get, _grad1, _mul
+
+
+@njit(**_JIT)
+def fold_rho(psi, n, wc, rho):
+    """rho [n, 4, W] <- per qubit (rho00, rho11, Re rho01, Im rho01) of psi [dim, 2, W]."""
+    dim = psi.shape[0]
+    for q in range(n):
+        stride = 1 << q
+        rq = rho[q]
+        for e in range(4):
+            for lane in range(wc):
+                rq[e, lane] = 0.0
+        for base in range(0, dim, 2 * stride):
+            for i in range(base, base + stride):
+                j = i + stride
+                for lane in range(wc):
+                    ar, ai, br, bi = (
+                        psi[i, 0, lane],
+                        psi[i, 1, lane],
+                        psi[j, 0, lane],
+                        psi[j, 1, lane],
+                    )
+                    rq[0, lane] += ar * ar + ai * ai
+                    rq[1, lane] += br * br + bi * bi
+                    rq[2, lane] += ar * br + ai * bi  # a conj(b)
+                    rq[3, lane] += ai * br - ar * bi
+
+
+@njit(**_JIT)
+def _chain_matrix(prog, pc, q, mats, lane):
+    """The fused matrix of qubit q's chain in the layer at ``pc`` (identity if none)."""
+    m = (1 + 0j, 0j, 0j, 1 + 0j)
+    for c in range(prog[pc + 1]):
+        if prog[pc + 2 + 3 * c] == q:
+            n_g, g0 = prog[pc + 3 + 3 * c], prog[pc + 4 + 3 * c]
+            for g in range(g0, g0 + n_g):
+                m = _mul(_get(mats, g, lane), m)
+    return m
+
+
+@njit(**_JIT)
+def _sigma(rho, q, lane, m):
+    r = rho[q]
+    r01 = complex(r[2, lane], r[3, lane])
+    return _mul(m, _mul((r[0, lane] + 0j, r01, r01.conjugate(), r[1, lane] + 0j), _dag(m)))
+
+
+@njit(**_JIT)
+def fold_out(rho, prog, pc, mats, wc, zcoef, out, b0):
+    """out[b0 + lane, j] = c_j0 + sum_q c_jq Tr(sigma_q Z)."""
+    n = rho.shape[0]
+    n_obs = zcoef.shape[0]
+    for lane in range(wc):
+        for j in range(n_obs):
+            out[b0 + lane, j] = zcoef[j, 0]
+        for q in range(n):
+            s = _sigma(rho, q, lane, _chain_matrix(prog, pc, q, mats, lane))
+            z = s[0].real - s[3].real
+            for j in range(n_obs):
+                out[b0 + lane, j] += zcoef[j, q + 1] * z
+
+
+@njit(**_JIT)
+def fold_backward(psi, rho, prog, pc, gates, mats, ang, wc, zcoef, g_out, b0, g, g_ang, nmat):
+    """g [dim, 2, W] <- the adjoint before the folded layer; the layer's angle gradients added
+    to ``g_ang``. ``nmat`` [n, 8, W] scratch."""
+    n = rho.shape[0]
+    dim = psi.shape[0]
+    n_obs = zcoef.shape[0]
+    for lane in range(wc):
+        for q in range(n):
+            h = 0.0
+            for j in range(n_obs):
+                h += g_out[b0 + lane, j] * zcoef[j, q + 1]
+            m = _chain_matrix(prog, pc, q, mats, lane)
+            s = _sigma(rho, q, lane, m)
+            rr = (2 * h * s[0], 2 * h * s[1], -2 * h * s[2], -2 * h * s[3])  # 2h Z sigma
+            for c in range(prog[pc + 1]):
+                if prog[pc + 2 + 3 * c] == q:
+                    n_g, g0 = prog[pc + 3 + 3 * c], prog[pc + 4 + 3 * c]
+                    for gi in range(g0 + n_g - 1, g0 - 1, -1):
+                        mg = _get(mats, gi, lane)
+                        _grad1(gates[gi], ang, lane, rr, mg, g_ang)
+                        if gi > g0:
+                            rr = _mul(_dag(mg), _mul(rr, mg))
+            nm = _mul(_dag(m), _mul((2 * h + 0j, 0j, 0j, -2 * h + 0j), m))
+            for e in range(4):
+                nmat[q, 2 * e, lane] = nm[e].real
+                nmat[q, 2 * e + 1, lane] = nm[e].imag
+    for i in range(dim):
+        for lane in range(wc):
+            g[i, 0, lane] = 0.0
+            g[i, 1, lane] = 0.0
+    for q in range(n):
+        stride = 1 << q
+        m = nmat[q]
+        for base in range(0, dim, 2 * stride):
+            for i in range(base, base + stride):
+                j = i + stride
+                for lane in range(wc):
+                    ar, ai, br, bi = (
+                        psi[i, 0, lane],
+                        psi[i, 1, lane],
+                        psi[j, 0, lane],
+                        psi[j, 1, lane],
+                    )
+                    g[i, 0, lane] += (
+                        m[0, lane] * ar - m[1, lane] * ai + m[2, lane] * br - m[3, lane] * bi
+                    )
+                    g[i, 1, lane] += (
+                        m[0, lane] * ai + m[1, lane] * ar + m[2, lane] * bi + m[3, lane] * br
+                    )
+                    g[j, 0, lane] += (
+                        m[4, lane] * ar - m[5, lane] * ai + m[6, lane] * br - m[7, lane] * bi
+                    )
+                    g[j, 1, lane] += (
+                        m[4, lane] * ai + m[5, lane] * ar + m[6, lane] * bi + m[7, lane] * br
+                    )
+
+
+def z_coefficients(readout: np.ndarray) -> np.ndarray | None:
+    """``C`` [n_obs, n + 1] with readout[j] == C[j, 0] + sum_q C[j, q + 1] Z_q (diagonals), or
+    None if some observable has a term on two or more qubits."""
+    n_obs, dim = readout.shape
+    n = dim.bit_length() - 1
+    k = np.arange(dim)
+    signs = np.stack([np.ones(dim)] + [1.0 - 2.0 * ((k >> q) & 1) for q in range(n)])  # [n+1, dim]
+    coef = readout @ signs.T / dim
+    return coef if np.allclose(coef @ signs, readout, atol=1e-12, rtol=0) else None
