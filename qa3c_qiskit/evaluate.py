@@ -112,7 +112,7 @@ def video_writer(fmt: str):
             ) from None
 
         def write(path: Path, frames: list[np.ndarray], fps: float) -> None:
-            # even sizes for yuv420p; no resizing to multiples of 16
+            # frames have even sizes (see _Recorder.capture); no resizing to multiples of 16
             iio.imwrite(
                 path,
                 np.stack(frames),
@@ -162,7 +162,10 @@ class _Recorder:
         if frame is None:
             raise ValueError("the environment rendered no frame (render_mode='rgb_array')")
         k = self.opts.downscale
-        self.frames.append(np.ascontiguousarray(np.asarray(frame, dtype=np.uint8)[::k, ::k, :3]))
+        frame = np.asarray(frame, dtype=np.uint8)[::k, ::k, :3]
+        if self.opts.fmt == "mp4":  # H.264 in yuv420p needs even sizes: drop an odd last row/col
+            frame = frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2]
+        self.frames.append(np.ascontiguousarray(frame))
 
     def finish(self, episode_seed: int) -> None:
         path = self.out_dir / f"{self.stem}__seed{episode_seed}.{self.opts.fmt}"

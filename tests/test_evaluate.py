@@ -108,13 +108,14 @@ def test_video_of_a_trained_cartpole_run(tmp_path, capsys):
     assert frames.std() > 0  # not a blank picture
 
 
-@pytest.mark.parametrize("fmt", ["gif", "mp4"])
-def test_video_of_minigrid(tmp_path, fmt):
+@pytest.mark.parametrize("fmt, downscale, side", [("gif", 2, 144), ("mp4", 5, 58)])
+def test_video_of_minigrid(tmp_path, fmt, downscale, side):
+    """9 x 32 px tiles = 288 px; MP4 frames cropped to even sizes (288 / 5 -> 58, not 59)."""
     run = save_run(tmp_path, env=MINIGRID)
-    (path,) = record_video(run, tmp_path / "v", fmt=fmt, downscale=2, max_frames=12)
+    (path,) = record_video(run, tmp_path / "v", fmt=fmt, downscale=downscale, max_frames=12)
     assert path.name == f"{MINIGRID}__statevector__seed0.{fmt}" and path.stat().st_size > 0
     frames = video_frames(path)
-    assert frames.shape[0] > 1 and frames.shape[1:3] == (144, 144)  # 9 x 32 px tiles, halved
+    assert frames.shape[0] > 1 and frames.shape[1:3] == (side, side)
 
 
 def test_video_of_acrobot_gif_frame_skip(tmp_path):
