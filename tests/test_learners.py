@@ -225,3 +225,44 @@ def test_vectorised_sampling_draws_what_multinomial_draws():
         want = [int(torch.multinomial(probs[j], 1, generator=twins[j])) for j in range(300)]
         assert got == want
     assert set(got) == {0, 1, 2}
+
+
+def test_qiskit_backend_one_primitive_call_per_env_step_and_per_update(monkeypatch):
+    """aer_shots, 3 learners in one process: every batched env step is ONE estimator call (one
+    PUB) for all learners' actions, and every update of all closed segments is ONE call."""
+    models_built = []
+
+    class Recording(a3c.ActorCritic):
+        def __init__(self, spec):
+            super().__init__(spec)
+            models_built.append(self)
+
+        def close(self):  # the layers drop their Qiskit objects on close: read the counts first
+            c = self.actor.core.counter
+            self.seen = {"calls": c.calls, "pubs": c.pubs, "critic": self.critic.core._built}
+            super().close()
+
+    counts = {"act": 0, "update": 0}
+    real_sample, real_grads = a3c.sample_actions, a3c.segment_gradients
+
+    def sample(probs, gens):
+        counts["act"] += 1
+        return real_sample(probs, gens)
+
+    def grads(*args):
+        counts["update"] += 1
+        return real_grads(*args)
+
+    monkeypatch.setattr(a3c, "ActorCritic", Recording)
+    monkeypatch.setattr(a3c, "sample_actions", sample)
+    monkeypatch.setattr(a3c, "segment_gradients", grads)
+    info = env_info("CartPole-v1")
+    spec = ModelSpec(info.obs_dim, info.n_actions, "quantum", backend="aer_shots", shots=64)
+    torch.manual_seed(0)
+    hub = SerialHub(ActorCritic(spec).flat, budget=3)
+    run_learners(0, [(i, i) for i in range(3)], "CartPole-v1", spec, A3CSettings(), hub)
+    assert len(hub.records) == 3 and counts["update"] > 0
+    seen = models_built[0].seen
+    assert seen["calls"] == counts["act"] + counts["update"]
+    assert seen["pubs"] == seen["calls"]  # one PUB per call
+    assert seen["critic"] is None  # the critic's samples went through the actor core's call
