@@ -108,9 +108,9 @@ def test_video_of_a_trained_cartpole_run(tmp_path, capsys):
     assert frames.std() > 0  # not a blank picture
 
 
-@pytest.mark.parametrize("fmt, downscale, side", [("gif", 2, 144), ("mp4", 5, 58)])
+@pytest.mark.parametrize("fmt, downscale, side", [("gif", 2, 144), ("mp4", 5, 56)])
 def test_video_of_minigrid(tmp_path, fmt, downscale, side):
-    """9 x 32 px tiles = 288 px; MP4 frames cropped to even sizes (288 / 5 -> 58, not 59)."""
+    """9 x 32 px tiles = 288 px; 5 x 5 blocks: 57 px, MP4 crops to even 56."""
     run = save_run(tmp_path, env=MINIGRID)
     (path,) = record_video(run, tmp_path / "v", fmt=fmt, downscale=downscale, max_frames=12)
     assert path.name == f"{MINIGRID}__statevector__seed0.{fmt}" and path.stat().st_size > 0
