@@ -77,7 +77,7 @@ def make_calls(engine, batch: int, per_sample: bool, seed: int = 0):
     return forward, forward_backward
 
 
-def best_times(fns: list, rounds: int, budget: float = 0.02) -> list[float]:
+def best_times(fns: list, rounds: int, budget: float = 0.005) -> list[float]:
     """Per call seconds of each fn (best round), the fns interleaved round by round."""
     reps = []
     for fn in fns:
@@ -111,7 +111,7 @@ def qiskit_per_sample(vqc, n: int = 20) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default=None, help="also time this commit's engine")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--qiskit", action="store_true", help="also time Qiskit's Statevector")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -14,13 +14,29 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .kernels import _JIT, _dag, _get, _grad1, _mul
+from .kernels import _JIT, VEC_LANES, _dag, _get, _grad1, _mul
 
 
 @njit(**_JIT)
 def fold_rho(psi, n, wc, rho):
     """rho [n, 4, W] <- per qubit (rho00, rho11, Re rho01, Im rho01) of psi [dim, 2, W]."""
     dim = psi.shape[0]
+    if wc < VEC_LANES:
+        for lane in range(wc):
+            for q in range(n):
+                stride = 1 << q
+                r0 = r1 = r2 = r3 = 0.0
+                for base in range(0, dim, 2 * stride):
+                    for i in range(base, base + stride):
+                        j = i + stride
+                        ar, ai = psi[i, 0, lane], psi[i, 1, lane]
+                        br, bi = psi[j, 0, lane], psi[j, 1, lane]
+                        r0 += ar * ar + ai * ai
+                        r1 += br * br + bi * bi
+                        r2 += ar * br + ai * bi
+                        r3 += ai * br - ar * bi
+                rho[q, 0, lane], rho[q, 1, lane], rho[q, 2, lane], rho[q, 3, lane] = r0, r1, r2, r3
+        return
     for q in range(n):
         stride = 1 << q
         rq = rho[q]
@@ -57,9 +73,9 @@ def _chain_matrix(prog, pc, q, mats, lane):
 
 @njit(**_JIT)
 def _sigma(rho, q, lane, m):
-    r = rho[q]
-    r01 = complex(r[2, lane], r[3, lane])
-    return _mul(m, _mul((r[0, lane] + 0j, r01, r01.conjugate(), r[1, lane] + 0j), _dag(m)))
+    r01 = complex(rho[q, 2, lane], rho[q, 3, lane])
+    r00, r11 = rho[q, 0, lane] + 0j, rho[q, 1, lane] + 0j
+    return _mul(m, _mul((r00, r01, r01.conjugate(), r11), _dag(m)))
 
 
 @njit(**_JIT)
@@ -97,7 +113,7 @@ def fold_backward(psi, rho, prog, pc, gates, mats, ang, wc, zcoef, g_out, b0, g,
                     n_g, g0 = prog[pc + 3 + 3 * c], prog[pc + 4 + 3 * c]
                     for gi in range(g0 + n_g - 1, g0 - 1, -1):
                         mg = _get(mats, gi, lane)
-                        _grad1(gates[gi], ang, lane, rr, mg, g_ang)
+                        _grad1(gates, gi, ang, lane, rr, mg, g_ang)
                         if gi > g0:
                             rr = _mul(_dag(mg), _mul(rr, mg))
             nm = _mul(_dag(m), _mul((2 * h + 0j, 0j, 0j, -2 * h + 0j), m))
@@ -108,6 +124,11 @@ def fold_backward(psi, rho, prog, pc, gates, mats, ang, wc, zcoef, g_out, b0, g,
         for lane in range(wc):
             g[i, 0, lane] = 0.0
             g[i, 1, lane] = 0.0
+    if wc < VEC_LANES:
+        for lane in range(wc):
+            for q in range(n):
+                _add_apply1_lane(psi, g, q, nmat[q], lane)
+        return
     for q in range(n):
         stride = 1 << q
         m = nmat[q]
@@ -133,6 +154,22 @@ def fold_backward(psi, rho, prog, pc, gates, mats, ang, wc, zcoef, g_out, b0, g,
                     g[j, 1, lane] += (
                         m[4, lane] * ai + m[5, lane] * ar + m[6, lane] * bi + m[7, lane] * br
                     )
+
+
+@njit(**_JIT)
+def _add_apply1_lane(psi, g, q, m, lane):
+    """g += m (on qubit q) psi, one lane."""
+    stride = 1 << q
+    m0r, m0i, m1r, m1i = m[0, lane], m[1, lane], m[2, lane], m[3, lane]
+    m2r, m2i, m3r, m3i = m[4, lane], m[5, lane], m[6, lane], m[7, lane]
+    for base in range(0, psi.shape[0], 2 * stride):
+        for i in range(base, base + stride):
+            j = i + stride
+            ar, ai, br, bi = psi[i, 0, lane], psi[i, 1, lane], psi[j, 0, lane], psi[j, 1, lane]
+            g[i, 0, lane] += m0r * ar - m0i * ai + m1r * br - m1i * bi
+            g[i, 1, lane] += m0r * ai + m0i * ar + m1r * bi + m1i * br
+            g[j, 0, lane] += m2r * ar - m2i * ai + m3r * br - m3i * bi
+            g[j, 1, lane] += m2r * ai + m2i * ar + m3r * bi + m3i * br
 
 
 def z_coefficients(readout: np.ndarray) -> np.ndarray | None:

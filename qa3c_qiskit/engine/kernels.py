@@ -219,16 +219,16 @@ def _base_matrix(kind, t):
 
 
 @njit(**_JIT)
-def _gate_lane(gate, ang, lane, cplx):
-    """A single-qubit gate's 2x2 matrix for one lane."""
-    kind = gate[0]
+def _gate_lane(gates, g, ang, lane, cplx):
+    """Single-qubit gate g's 2x2 matrix for one lane."""
+    kind = gates[g, 0]
     if kind == K_CONST:
-        c = gate[4]
+        c = gates[g, 4]
         return (cplx[c], cplx[c + 1], cplx[c + 2], cplx[c + 3])
-    t = ang[gate[1], lane]
+    t = ang[gates[g, 1], lane]
     if kind <= K_P:
         return _base_matrix(kind, t)
-    phi, lam = ang[gate[2], lane], ang[gate[3], lane]  # K_U
+    phi, lam = ang[gates[g, 2], lane], ang[gates[g, 3], lane]  # K_U
     c, s = np.cos(t / 2), np.sin(t / 2)
     return (c + 0j, -np.exp(1j * lam) * s, np.exp(1j * phi) * s, np.exp(1j * (phi + lam)) * c)
 
@@ -237,12 +237,12 @@ def _gate_lane(gate, ang, lane, cplx):
 def _build_gates(gates, ang, wc, cplx, shared, mats):
     """mats [n_gates, 8, W] <- every single-qubit gate's matrix per lane."""
     for g in range(gates.shape[0]):
-        gate = gates[g]
-        if gate[0] >= K_PAULI2:  # two-qubit gates are built per lane when applied
+        kind = gates[g, 0]
+        if kind >= K_PAULI2:  # two-qubit gates are built per lane when applied
             continue
-        lanes = 1 if (gate[0] == K_CONST or (shared and gate[5] == 1)) else wc
+        lanes = 1 if (kind == K_CONST or (shared and gates[g, 5] == 1)) else wc
         for lane in range(lanes):
-            m = _gate_lane(gate, ang, lane, cplx)
+            m = _gate_lane(gates, g, ang, lane, cplx)
             for e in range(4):
                 mats[g, 2 * e, lane] = m[e].real
                 mats[g, 2 * e + 1, lane] = m[e].imag
@@ -254,12 +254,12 @@ def _build_gates(gates, ang, wc, cplx, shared, mats):
 
 @njit(**_JIT)
 def _get(mats, g, lane):
-    m = mats[g]
+    """Gate g's matrix for one lane (indexing only: a view in a hot loop costs refcounting)."""
     return (
-        complex(m[0, lane], m[1, lane]),
-        complex(m[2, lane], m[3, lane]),
-        complex(m[4, lane], m[5, lane]),
-        complex(m[6, lane], m[7, lane]),
+        complex(mats[g, 0, lane], mats[g, 1, lane]),
+        complex(mats[g, 2, lane], mats[g, 3, lane]),
+        complex(mats[g, 4, lane], mats[g, 5, lane]),
+        complex(mats[g, 6, lane], mats[g, 7, lane]),
     )
 
 
@@ -406,15 +406,14 @@ def _product_state(prog, mats, wc, psi, v):
         psi[0, 1, lane] = 0.0
     size = 1
     for q in range(n):
-        vq = v[q]
         for i in range(size):
-            a, b = psi[i], psi[i + size]
+            j = i + size
             for lane in range(wc):
-                pr, pi = a[0, lane], a[1, lane]
-                b[0, lane] = pr * vq[2, lane] - pi * vq[3, lane]
-                b[1, lane] = pr * vq[3, lane] + pi * vq[2, lane]
-                a[0, lane] = pr * vq[0, lane] - pi * vq[1, lane]
-                a[1, lane] = pr * vq[1, lane] + pi * vq[0, lane]
+                pr, pi = psi[i, 0, lane], psi[i, 1, lane]
+                psi[j, 0, lane] = pr * v[q, 2, lane] - pi * v[q, 3, lane]
+                psi[j, 1, lane] = pr * v[q, 3, lane] + pi * v[q, 2, lane]
+                psi[i, 0, lane] = pr * v[q, 0, lane] - pi * v[q, 1, lane]
+                psi[i, 1, lane] = pr * v[q, 1, lane] + pi * v[q, 0, lane]
         size *= 2
 
 
@@ -505,11 +504,11 @@ def _apply_dense_lane(psi, lane, u, mask, offs, adjoint):
 
 
 @njit(**_JIT)
-def _grad1(gate, ang, lane, r, m, g_ang):
+def _grad1(gates, gi, ang, lane, r, m, g_ang):
     """Add the angle gradients of one single-qubit gate (matrix ``m``, reduced operator ``r``
     right after it) to ``g_ang[:, lane]``: Re sum(conj(r) * D) for each angle's generator D."""
-    kind = gate[0]
-    s0 = gate[1]
+    kind = gates[gi, 0]
+    s0 = gates[gi, 1]
     if kind == K_CONST:
         return
     if kind == K_RX:  # D = -i/2 X
@@ -521,7 +520,8 @@ def _grad1(gate, ang, lane, r, m, g_ang):
     elif kind == K_P:  # D = diag(0, i)
         g_ang[s0, lane] += r[3].imag
     else:  # K_U: D_a = (dM/da) M^dagger
-        t, phi, lam = ang[s0, lane], ang[gate[2], lane], ang[gate[3], lane]
+        s1, s2 = gates[gi, 2], gates[gi, 3]
+        t, phi, lam = ang[s0, lane], ang[s1, lane], ang[s2, lane]
         c, s = np.cos(t / 2), np.sin(t / 2)
         ep, el, epl = np.exp(1j * phi), np.exp(1j * lam), np.exp(1j * (phi + lam))
         mh = _dag(m)
@@ -529,8 +529,8 @@ def _grad1(gate, ang, lane, r, m, g_ang):
         d_p = _mul((0j, 0j, 1j * ep * s, 1j * epl * c), mh)
         d_l = _mul((0j, -1j * el * s, 0j, 1j * epl * c), mh)
         g_ang[s0, lane] += _re_inner(r, d_t)
-        g_ang[gate[2], lane] += _re_inner(r, d_p)
-        g_ang[gate[3], lane] += _re_inner(r, d_l)
+        g_ang[s1, lane] += _re_inner(r, d_p)
+        g_ang[s2, lane] += _re_inner(r, d_l)
 
 
 @njit(**_JIT)

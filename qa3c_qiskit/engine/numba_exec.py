@@ -26,6 +26,7 @@ from .compile import (
     Program,
 )
 from .fold import z_coefficients
+from .sweeps import backward, forward
 
 RDTYPE = torch.float64
 #: at most this many lanes (samples) per chunk: the width of the vectorised inner loops
@@ -125,8 +126,6 @@ class NumbaExecutor:
 
     def forward(self, x: np.ndarray, w: np.ndarray, keep: bool):
         """(outputs [B, n_obs], tape for :meth:`backward` or None); ``w`` [1 or B, n_w]."""
-        from .sweeps import forward
-
         out, tape, ang, dang, mats, rho = forward(
             x, w, self.aprog, self.aconst, *self._args(), LANES, keep
         )
@@ -134,8 +133,6 @@ class NumbaExecutor:
 
     def backward(self, tape, g_out: np.ndarray, per_sample: bool):
         """(dL/dx [B, n_in], dL/dw [B or 1, n_w]) from dL/d outputs [B, n_obs]."""
-        from .sweeps import backward
-
         x, w, states, ang, dang, mats, rho = tape
         if self.ops.shape[0] == 0:  # no gates: nothing depends on x or w
             return np.zeros_like(x), np.zeros((x.shape[0] if per_sample else 1, w.shape[1]))

@@ -117,12 +117,12 @@ def forward(x, w, aprog, aconst, ops, prog, gates, perm, cplx, readout, zcoef, w
             for lane in range(wc):
                 acc[j, lane] = 0.0
         for i in range(dim):
-            a = psi[i]
             for j in range(n_obs):
                 rj = readout[j, i]
                 if rj != 0.0:
                     for lane in range(wc):
-                        acc[j, lane] += rj * (a[0, lane] * a[0, lane] + a[1, lane] * a[1, lane])
+                        pr, pi = psi[i, 0, lane], psi[i, 1, lane]
+                        acc[j, lane] += rj * (pr * pr + pi * pi)
         for lane in range(wc):
             for j in range(n_obs):
                 out[b0 + lane, j] = acc[j, lane]
@@ -216,7 +216,7 @@ def backward(
                         )
                         for gi in range(g0 + n_g - 1, g0 - 1, -1):
                             m = _get(m_c, gi, lane)
-                            _grad1(gates[gi], a_c, lane, rr, m, g_ang)
+                            _grad1(gates, gi, a_c, lane, rr, m, g_ang)
                             if gi > g0:
                                 rr = _mul(_dag(m), _mul(rr, m))
                 if o:  # nothing before the first op: no need to carry g further
