@@ -268,6 +268,7 @@ class RayRunner(Runner):
         self._failed = False  # a Failure was reported: no parameter-server restart any more
         self._reuse = False  # _launch: reuse the rank's actor (after a parameter-server restart)
         self._gate: list | None = None  # start(gate=True): runs to submit once all are up
+        self._abandoned: list = []  # runs on a lost server: their errors are expected
         self.final: dict | None = None  # the parameter server's last state, kept by close()
         # What a new parameter server starts from: the last synced state, and the episodes
         # delivered so far (by poll) with the env-step count of the last of them.
@@ -404,6 +405,7 @@ class RayRunner(Runner):
         :class:`_ParameterServerLost` (``events`` keeps what was found before)."""
         if self.stopping and not self._stop_sent:
             self._send_stop()
+        self._collect_abandoned()
         runs = {a.run: rank for rank, a in self.actors.items() if a.run is not None}
         if runs:
             ray.wait(list(runs), num_returns=1, timeout=0 if events else timeout)
@@ -466,13 +468,29 @@ class RayRunner(Runner):
         self._failed |= any(isinstance(m, Failure) for m in out)
         events += out
 
+    def _collect_abandoned(self) -> None:
+        """Fetch the (expected) errors of the runs abandoned with a lost parameter server, so
+        that Ray does not print them as unhandled when their references are dropped."""
+        if not self._abandoned:
+            return
+        done, self._abandoned = ray.wait(
+            self._abandoned, num_returns=len(self._abandoned), timeout=0
+        )
+        for ref in done:
+            try:
+                ray.get(ref)
+            except (RayTaskError, RayActorError):
+                pass
+
     # -- the parameter server ------------------------------------------------------------------
     def _parameter_server_lost(self, cause: BaseException) -> list:
         """Replace a lost parameter server (and every worker actor, which holds its handle)
         from the last synced state, or, past ``max_restarts`` (or while stopping), end the run."""
         ray.kill(self.ps, no_restart=True)  # gone already, or unreachable: never two servers
         for a in self.actors.values():
-            a.run = None  # each run fails at its next call to the lost server
+            if a.run is not None:  # it fails at its next call to the lost server
+                self._abandoned.append(a.run)
+            a.run = None
         why = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause) else ''}"
         plan, s = self.plan, self.synced
         step = int(s["adam"]["step"]) if s["adam"] is not None else 0
@@ -566,10 +584,15 @@ class RayRunner(Runner):
         finally:
             for a in self.actors.values():
                 ray.kill(a.actor)
+                if a.run is not None:
+                    self._abandoned.append(a.run)
                 a.run = a.where = None
             for slot in self.slots.values():
                 slot.finished = True
             ray.kill(self.ps)
+            if self._abandoned:  # killed just now, or earlier with a lost server: fail fast
+                ray.wait(self._abandoned, num_returns=len(self._abandoned), timeout=2)
+                self._collect_abandoned()
             self._shutdown_ray()
 
     def _shutdown_ray(self) -> None:
