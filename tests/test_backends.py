@@ -347,3 +347,23 @@ def test_functional_is_one_call_forward_and_at_most_two_with_backward(backend):
     assert counter.calls <= 2 and counter.pubs <= 2
     assert wg.grad.shape == (5, 48) and torch.isfinite(wg.grad).all()
     assert bool((wg.grad.abs().sum(1) > 0).all()) and torch.isfinite(xg.grad).all()
+
+
+def test_ibm_runtime_local_functional_one_call_without_deprecation_warnings():
+    """Runtime path (local testing mode): per-sample forward = one call, and the runtime's
+    estimator is the current (client-side) one, not the deprecated EstimatorV2."""
+    import warnings
+
+    lay = layer("ibm_runtime_local", shots=64, n_qubits=2, n_layers=1)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    w = 0.1 * torch.randn(3, 6, dtype=torch.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            counter = lay.counter
+            with torch.no_grad():
+                y = lay.functional(x, w)
+        assert y.shape == (3, 2) and bool((y.abs() <= 1).all())
+        assert (counter.calls, counter.pubs, counter.circuits) == (1, 1, 3)
+    finally:
+        lay.close()
