@@ -219,16 +219,8 @@ def _base_matrix(kind, t):
 
 
 @njit(**_JIT)
-def _gate_lane(gates, g, ang, lane, cplx):
-    """Single-qubit gate g's 2x2 matrix for one lane."""
-    kind = gates[g, 0]
-    if kind == K_CONST:
-        c = gates[g, 4]
-        return (cplx[c], cplx[c + 1], cplx[c + 2], cplx[c + 3])
-    t = ang[gates[g, 1], lane]
-    if kind <= K_P:
-        return _base_matrix(kind, t)
-    phi, lam = ang[gates[g, 2], lane], ang[gates[g, 3], lane]  # K_U
+def _u_matrix(t, phi, lam):
+    """U(theta, phi, lam) as a complex 4-tuple."""
     c, s = np.cos(t / 2), np.sin(t / 2)
     return (c + 0j, -np.exp(1j * lam) * s, np.exp(1j * phi) * s, np.exp(1j * (phi + lam)) * c)
 
@@ -241,8 +233,18 @@ def _build_gates(gates, ang, wc, cplx, shared, mats):
         if kind >= K_PAULI2:  # two-qubit gates are built per lane when applied
             continue
         lanes = 1 if (kind == K_CONST or (shared and gates[g, 5] == 1)) else wc
-        for lane in range(lanes):
-            m = _gate_lane(gates, g, ang, lane, cplx)
+        if kind == K_CONST:
+            c = gates[g, 4]
+            for e in range(4):
+                mats[g, 2 * e, 0] = cplx[c + e].real
+                mats[g, 2 * e + 1, 0] = cplx[c + e].imag
+        for lane in range(lanes if kind != K_CONST else 0):
+            if kind <= K_P:  # the branches kept apart: a merged tuple type costs 2x here
+                m = _base_matrix(kind, ang[gates[g, 1], lane])
+            else:
+                m = _u_matrix(
+                    ang[gates[g, 1], lane], ang[gates[g, 2], lane], ang[gates[g, 3], lane]
+                )
             for e in range(4):
                 mats[g, 2 * e, lane] = m[e].real
                 mats[g, 2 * e + 1, lane] = m[e].imag
@@ -405,6 +407,19 @@ def _product_state(prog, mats, wc, psi, v):
         psi[0, 0, lane] = 1.0
         psi[0, 1, lane] = 0.0
     size = 1
+    if wc < VEC_LANES:
+        for lane in range(wc):
+            size = 1
+            for q in range(n):
+                v0r, v0i, v1r, v1i = v[q, 0, lane], v[q, 1, lane], v[q, 2, lane], v[q, 3, lane]
+                for i in range(size):
+                    pr, pi = psi[i, 0, lane], psi[i, 1, lane]
+                    psi[i + size, 0, lane] = pr * v1r - pi * v1i
+                    psi[i + size, 1, lane] = pr * v1i + pi * v1r
+                    psi[i, 0, lane] = pr * v0r - pi * v0i
+                    psi[i, 1, lane] = pr * v0i + pi * v0r
+                size *= 2
+        return
     for q in range(n):
         for i in range(size):
             j = i + size
@@ -420,6 +435,19 @@ def _product_state(prog, mats, wc, psi, v):
 @njit(**_JIT)
 def _permute(psi, tmp, idx, cplx, off, conj, wc):
     """tmp[k] <- phase[k] * psi[idx[k]] (conj phase if ``conj``; no phase if off < 0)."""
+    if wc < VEC_LANES:
+        for lane in range(wc):
+            for k in range(psi.shape[0]):
+                j = idx[k]
+                sr, si = psi[j, 0, lane], psi[j, 1, lane]
+                if off < 0:
+                    tmp[k, 0, lane], tmp[k, 1, lane] = sr, si
+                else:
+                    ph = cplx[off + (j if conj else k)]
+                    pr, pi = ph.real, -ph.imag if conj else ph.imag
+                    tmp[k, 0, lane] = pr * sr - pi * si
+                    tmp[k, 1, lane] = pr * si + pi * sr
+        return
     for k in range(psi.shape[0]):
         j = idx[k]
         if off < 0:
