@@ -204,7 +204,8 @@ def test_resumed_runner_runs_only_the_remaining_budget_from_the_saved_state(loca
         nonfinite=2,
         resume_count=1,
     )
-    runner = RayRunner(_plan(30, resume_count=1), state)
+    # one process with two learners (one actor to start: faster than two)
+    runner = RayRunner(_plan(30, workers=1, learners=2, resume_count=1), state)
     runner.start()
     try:
         episodes, _, _ = _drive(runner)
@@ -215,7 +216,9 @@ def test_resumed_runner_runs_only_the_remaining_budget_from_the_saved_state(loca
     assert state.adam["step"] == 7 + _segments(episodes) and state.nonfinite == 2
     assert state.env_steps == 1000 + sum(r["length"] for r in episodes)
     assert runner.final["claimed"] == 30
-    assert [e["seed"] for e in state.seed_log] == [learner_seed(0, r, 1) for r in (0, 1)]
+    assert [e["learners"] for e in state.seed_log] == [
+        {lid: learner_seed(0, lid, 1) for lid in (0, 1)}
+    ]
 
 
 @needs_ray
@@ -313,20 +316,15 @@ def test_parameter_server_lost_past_max_restarts_fails_the_run_and_keeps_the_syn
     runner = _runner(budget=10_000, workers=1, max_restarts=0)
     flat0 = runner.state.flat.clone()
     runner.start()
-    done = []
-
-    def kill(n):
-        if n >= 2 and not done:
-            done.append(os.kill(runner.ps_pid(), signal.SIGKILL))  # its process, this time
-
+    os.kill(runner.ps_pid(), signal.SIGKILL)  # its process, this time (the worker may be starting)
     try:
-        episodes, others, _ = _drive(runner, kill)
+        episodes, others, _ = _drive(runner)
     finally:
         runner.close()
     (failure,) = _of(others, Failure)
     assert failure.worker == PARAMETER_SERVER and not failure.fatal
     assert "parameter server died" in failure.traceback
     assert "restarts used: 0/0" in failure.traceback
-    assert 2 <= len(episodes) < 10_000 and not runner.alive()
+    assert len(episodes) < 10_000 and not runner.alive()
     state = runner.sync()  # never synced: the initial state, not an exception
     assert torch.equal(state.flat, flat0) and runner.final["claimed"] == len(episodes)
