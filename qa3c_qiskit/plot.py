@@ -1,18 +1,28 @@
 """Learning curves like the paper's Figs. 7-9: average score of the last 100 episodes vs episodes.
 
 ``python -m qa3c_qiskit.plot RUN [RUN ...] [-o curves.png]`` draws one curve per run directory
-(legend: model / backend / seed). ``--group`` draws one curve per (env, model, backend) instead:
-the mean over seeds with a min-max band, as :mod:`qa3c_qiskit.reproduce` does.
+(legend: model / backend / seed). ``--group`` draws one curve per (env, model, backend,
+learners) instead: the mean over seeds with a min-max band (``--band ci95``: a 95% confidence
+interval of the mean), as :mod:`qa3c_qiskit.reproduce` does.
 
-Everything here reads the run directory files written by :func:`qa3c_qiskit.train.train`
-(``config.json``, ``metrics.csv``, ``summary.json``); the plotting uses matplotlib's Agg
-backend, so it works without a display.
+A RUN is either a training run directory written by :func:`qa3c_qiskit.train.train`
+(``config.json``, ``metrics.csv``, ``summary.json``) or a *compact* run folder exported by
+``reproduce`` (``config.json``, ``summary.json``, ``curve.csv``: the average of the last 100
+returns every 100 episodes, with the mean episode length, env steps and wall time at those
+points; a few tens of KB for 100,000 episodes, small enough to commit).
+
+The statistics over seeds (Welch's t-test, Student's t distribution) are implemented here
+with :mod:`math` alone (regularised incomplete beta function by continued fraction), so
+neither plotting nor ``reproduce --report-only`` needs scipy; the tests check them against
+``scipy.stats``. The plotting uses matplotlib's Agg backend, so it works without a display.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,19 +41,29 @@ PAPER_FIGURE = {
 }
 #: Colours as in the paper's figures (quantum blue, classical orange).
 MODEL_COLOURS = {"quantum": "tab:blue", "classical": "tab:orange"}
+#: Line styles of different learner counts in one panel (largest count first).
+LEARNER_STYLES = ("-", "--", ":", "-.")
 #: More points than this per curve are thinned (evenly) before drawing; the moving average
 #: is computed on every episode first, so thinning only drops pixels, not data.
 MAX_POINTS = 4000
+#: Compact curve: one point every CURVE_EVERY episodes (and at the last episode).
+CURVE_EVERY = 100
+CURVE_FILE = "curve.csv"
+CURVE_FIELDS = ["episode", "avg100", "mean_length", "env_steps", "wall_time_s"]
+#: x axes a compact curve can be drawn against: column, axis label, scale.
+X_AXES = {
+    "episode": ("episode", "Episode #", 1.0),
+    "wall_time_h": ("wall_time_s", "Wall time (h)", 1 / 3600),
+    "env_steps": ("env_steps", "Env steps", 1.0),
+}
+BANDS = ("minmax", "ci95")
 
 
-@dataclass
-class Run:
-    """One training run loaded from its directory."""
+class _RunInfo:
+    """What a run is (env, model, backend, learners, seed), from its config and summary."""
 
-    path: Path
     config: dict
-    returns: np.ndarray  # episode returns in completion order
-    summary: dict = field(default_factory=dict)  # empty if the run did not finish
+    summary: dict
 
     @property
     def env(self) -> str:
@@ -65,6 +85,12 @@ class Run:
         return self.config.get("seed")
 
     @property
+    def learners(self) -> int:
+        """Actor-learners of the run (config ``learners``; older runs: one per worker)."""
+        n = self.config.get("learners") or self.summary.get("learners")
+        return int(n or self.config.get("workers") or 1)
+
+    @property
     def label(self) -> str:
         """Legend text: ``quantum / statevector / seed 0``."""
         parts = [self.model]
@@ -73,9 +99,105 @@ class Run:
         parts.append(f"seed {self.seed}")
         return " / ".join(parts)
 
+
+@dataclass
+class Run(_RunInfo):
+    """One training run loaded from its directory (every episode's return)."""
+
+    path: Path
+    config: dict
+    returns: np.ndarray  # episode returns in completion order
+    summary: dict = field(default_factory=dict)  # empty if the run did not finish
+
     def curve(self, window: int = WINDOW) -> np.ndarray:
         """Average of the last ``window`` returns after every episode (fewer at the start)."""
         return moving_average(self.returns, window)
+
+    def points(self, window: int = WINDOW, x: str = "episode") -> tuple[np.ndarray, np.ndarray]:
+        """(x, avg-``window``) at every episode; only ``x="episode"``."""
+        if x != "episode":
+            raise ValueError(f"a full run is drawn against episodes only, not {x!r}")
+        y = self.curve(window)
+        return np.arange(1, len(y) + 1), y
+
+
+@dataclass
+class CompactRun(_RunInfo):
+    """A compact run folder exported by ``reproduce``: the avg-100 every 100 episodes."""
+
+    path: Path
+    config: dict
+    summary: dict
+    curve: dict  # CURVE_FIELDS -> arrays
+    info: dict = field(default_factory=dict)  # run.json: commands, intended budget, ...
+
+    @property
+    def episodes(self) -> int:
+        return int(self.summary.get("episodes", self.curve["episode"][-1] if self.n else 0))
+
+    @property
+    def n(self) -> int:
+        return len(self.curve["episode"])
+
+    def points(self, window: int = WINDOW, x: str = "episode") -> tuple[np.ndarray, np.ndarray]:
+        """(x, avg-100) at the exported points; ``x`` one of :data:`X_AXES`."""
+        if window != WINDOW:
+            raise ValueError(f"a compact run holds the avg-{WINDOW} curve only, not {window}")
+        col, _, scale = X_AXES[x]
+        return self.curve[col] * scale, self.curve["avg100"]
+
+
+# --------------------------------------------------------------------------- compact curves
+
+
+def compact_curve(metrics: dict, every: int = CURVE_EVERY, window: int = WINDOW) -> dict:
+    """The compact curve of a run's metrics columns (``read_metrics``): at every ``every``-th
+    episode and the last one, the average of the last ``window`` returns and episode lengths,
+    the env steps (global counter, running max) and the cumulative wall time (s)."""
+    n = len(metrics["return"])
+    ends = list(range(every, n + 1, every))
+    if n and (not ends or ends[-1] != n):
+        ends.append(n)
+    idx = np.array(ends, dtype=int) - 1
+    if n == 0:
+        return {k: np.zeros(0) for k in CURVE_FIELDS}
+    return {
+        "episode": idx + 1.0,
+        "avg100": moving_average(metrics["return"], window)[idx],
+        "mean_length": moving_average(metrics["length"], window)[idx],
+        "env_steps": np.maximum.accumulate(metrics["env_steps"])[idx],
+        "wall_time_s": np.maximum.accumulate(metrics["wall_time"])[idx],
+    }
+
+
+def write_curve(path, curve: dict) -> Path:
+    """Write a compact curve as CSV (6 significant digits; ~35 bytes per point)."""
+    path = Path(path)
+    lines = [",".join(CURVE_FIELDS)]
+    for ep, avg, length, steps, wall in zip(*(curve[k] for k in CURVE_FIELDS)):
+        lines.append(f"{int(ep)},{avg:.6g},{length:.5g},{int(steps)},{wall:.1f}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_curve(path) -> dict:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: np.array([float(r[k]) for r in rows], dtype=float) for k in CURVE_FIELDS}
+
+
+def load_compact(path) -> CompactRun:
+    """Load a compact run folder; raise ValueError naming the path if it is not one."""
+    path = Path(path)
+    if not (path / CURVE_FILE).is_file():
+        raise ValueError(f"{str(path)!r} is not a compact run folder (no {CURVE_FILE})")
+    config, summary, info = ({}, {}, {})
+    for name, target in (("config.json", config), ("summary.json", summary), ("run.json", info)):
+        if (path / name).is_file():
+            target.update(json.loads((path / name).read_text()))
+    return CompactRun(path, config, summary, read_curve(path / CURVE_FILE), info)
 
 
 def load_run(path) -> Run:
@@ -92,6 +214,115 @@ def load_run(path) -> Run:
     return Run(path, config, read_metrics(path)["return"], summary)
 
 
+def load_any(path) -> Run | CompactRun:
+    """A training run directory (metrics.csv) or else a compact run folder (curve.csv)."""
+    path = Path(path)
+    if (path / "metrics.csv").is_file():
+        return load_run(path)
+    if (path / CURVE_FILE).is_file():
+        return load_compact(path)
+    raise ValueError(f"{str(path)!r} is not a run directory (no metrics.csv or {CURVE_FILE})")
+
+
+# ------------------------------------------------------------------ statistics over seeds
+
+
+def betainc_reg(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function I_x(a, b) (continued fraction, modified Lentz;
+    Numerical Recipes 6.4), to ~1e-14."""
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"x must be in [0, 1], got {x}")
+    if x in (0.0, 1.0):
+        return x
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side only
+        return 1.0 - betainc_reg(b, a, 1.0 - x)
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return math.exp(log_front) * h / a
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` (real) degrees of freedom."""
+    if math.isnan(t) or math.isnan(df):
+        return math.nan
+    if math.isinf(t):
+        return 0.0
+    return betainc_reg(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_ppf(q: float, df: float) -> float:
+    """Quantile of Student's t (``q`` in (0, 1)), by bisection on :func:`t_two_sided_p`."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    if q == 0.5:
+        return 0.0
+    target = 2.0 * min(q, 1.0 - q)  # two-sided tail mass of |T| >= t
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > target:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > target else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    t = 0.5 * (lo + hi)
+    return t if q > 0.5 else -t
+
+
+def welch_t_test(a, b) -> dict:
+    """Welch's unequal-variances t-test of mean(a) vs mean(b), two-sided.
+
+    Returns ``t``, ``df`` (Welch-Satterthwaite), ``p`` and the samples' ``n``, ``mean``, ``sd``
+    (sample standard deviation, n - 1). With fewer than 2 values on a side t, df and p are NaN;
+    with zero variance on both sides p is 1 for equal means and 0 otherwise.
+    """
+    a = np.asarray([v for v in a if np.isfinite(v)], dtype=float)
+    b = np.asarray([v for v in b if np.isfinite(v)], dtype=float)
+    out = {
+        "n1": len(a),
+        "n2": len(b),
+        "mean1": float(a.mean()) if len(a) else math.nan,
+        "mean2": float(b.mean()) if len(b) else math.nan,
+        "sd1": float(a.std(ddof=1)) if len(a) > 1 else math.nan,
+        "sd2": float(b.std(ddof=1)) if len(b) > 1 else math.nan,
+        "t": math.nan,
+        "df": math.nan,
+        "p": math.nan,
+    }
+    if len(a) < 2 or len(b) < 2:
+        return out
+    va, vb = out["sd1"] ** 2 / len(a), out["sd2"] ** 2 / len(b)
+    diff = out["mean1"] - out["mean2"]
+    if va + vb == 0.0:
+        out.update(t=0.0 if diff == 0 else math.copysign(math.inf, diff))
+        out.update(p=1.0 if diff == 0 else 0.0)
+        return out
+    t = diff / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    out.update(t=t, df=df, p=t_two_sided_p(t, df))
+    return out
+
+
+# ------------------------------------------------------------------------------ drawing
+
+
 def _thin(x: np.ndarray, y: np.ndarray, *more: np.ndarray):
     if len(x) <= MAX_POINTS:
         return (x, y, *more)
@@ -99,58 +330,101 @@ def _thin(x: np.ndarray, y: np.ndarray, *more: np.ndarray):
     return (x[idx], y[idx], *(m[idx] for m in more))
 
 
-def group_curves(runs: list[Run], window: int = WINDOW) -> dict[tuple[str, str, str], dict]:
-    """Mean/min/max over seeds of the avg-100 curve per (env, model, backend).
+def group_curves(
+    runs, window: int = WINDOW, *, band: str = "minmax", x: str = "episode"
+) -> dict[tuple[str, str, str, int], dict]:
+    """Mean and band over seeds of the avg-100 curve per (env, model, backend, learners).
 
-    Curves are cut to the shortest run of the group. Returns
-    ``{(env, model, backend): {"episodes", "mean", "lo", "hi", "n"}}`` (episodes 1-based).
+    Curves are cut to the run of the group that reaches the least far (the others are read
+    at its x values, interpolated linearly where their points differ). ``band``: ``minmax``
+    (min and max over seeds) or ``ci95`` (mean ± t(0.975, n-1) * sd / sqrt(n)). Returns
+    ``{key: {"x", "episodes" (= x), "mean", "lo", "hi", "n", "cut"}}`` (``cut``: some seeds
+    went further than the curve shows).
     """
-    groups: dict[tuple[str, str, str], list[Run]] = {}
+    if band not in BANDS:
+        raise ValueError(f"unknown band {band!r}; choose {' or '.join(BANDS)}")
+    groups: dict[tuple, list] = {}
     for run in runs:
-        groups.setdefault((run.env, run.model, run.backend), []).append(run)
+        groups.setdefault((run.env, run.model, run.backend, run.learners), []).append(run)
     out = {}
     for key, members in groups.items():
-        n = min(len(r.returns) for r in members)
-        if n == 0:
+        pts = [p for p in (r.points(window, x) for r in members) if len(p[0])]
+        if not pts:
             continue
-        curves = np.stack([r.curve(window)[:n] for r in members])
+        base = min(pts, key=lambda p: (p[0][-1], len(p[0])))[0]
+        ys = np.stack(
+            [py if np.array_equal(px, base) else np.interp(base, px, py) for px, py in pts]
+        )
+        mean = ys.mean(axis=0)
+        if band == "minmax" or len(pts) < 2:
+            lo, hi = ys.min(axis=0), ys.max(axis=0)
+        else:
+            half = t_ppf(0.975, len(pts) - 1) * ys.std(axis=0, ddof=1) / math.sqrt(len(pts))
+            lo, hi = mean - half, mean + half
+        cut = any(px[-1] > base[-1] for px, _ in pts)
         out[key] = {
-            "episodes": np.arange(1, n + 1),
-            "mean": curves.mean(axis=0),
-            "lo": curves.min(axis=0),
-            "hi": curves.max(axis=0),
-            "n": len(members),
+            "x": base,
+            "episodes": base,
+            "mean": mean,
+            "lo": lo,
+            "hi": hi,
+            "n": len(pts),
+            "cut": cut,  # some seeds went further: the curve stops where the shortest did
         }
     return out
 
 
-def draw_runs(ax, runs: list[Run], window: int = WINDOW) -> None:
+def draw_runs(ax, runs, window: int = WINDOW) -> None:
     """One avg-``window`` curve per run on ``ax``."""
     for run in runs:
-        y = run.curve(window)
-        x, y = _thin(np.arange(1, len(y) + 1), y)
+        x, y = _thin(*run.points(window))
         ax.plot(x, y, lw=1.2, label=run.label)
 
 
-def draw_groups(ax, runs: list[Run], window: int = WINDOW) -> None:
-    """Mean over seeds per (env, model, backend) with a min-max band, on ``ax``."""
-    for (_, model, backend), g in group_curves(runs, window).items():
-        x, mean, lo, hi = _thin(g["episodes"], g["mean"], g["lo"], g["hi"])
+def draw_groups(
+    ax,
+    runs,
+    window: int = WINDOW,
+    *,
+    band: str = "minmax",
+    x: str = "episode",
+    show_learners: bool | None = None,
+) -> dict:
+    """Mean over seeds per (env, model, backend, learners) with a band, on ``ax``.
+
+    ``show_learners`` (default: when the runs have several learner counts) names the learner
+    count in the legend and draws each count with its own line style. Returns the groups.
+    """
+    groups = group_curves(runs, window, band=band, x=x)
+    counts = sorted({k[3] for k in groups}, reverse=True)
+    if show_learners is None:
+        show_learners = len(counts) > 1
+    band_name = "min-max" if band == "minmax" else "95% CI"
+    for (_, model, backend, learners), g in groups.items():
+        xs, mean, lo, hi = _thin(g["x"], g["mean"], g["lo"], g["hi"])
         name = "Quantum" if model == "quantum" else "Classical"
         if model == "quantum" and backend != "statevector":
             name += f" ({backend})"
-        label = f"{name} (mean of {g['n']} seeds)" if g["n"] > 1 else name
+        if show_learners:
+            name += f", {learners} learners"
+        label = f"{name} (mean of {g['n']} seeds, {band_name})" if g["n"] > 1 else name
+        if g["cut"]:
+            label += ", cut at the shortest seed"
         colour = MODEL_COLOURS.get(model) if backend in ("statevector", "classical") else None
-        (line,) = ax.plot(x, mean, lw=1.4, label=label, color=colour)
+        style = LEARNER_STYLES[counts.index(learners) % len(LEARNER_STYLES)]
+        (line,) = ax.plot(xs, mean, lw=1.4, label=label, color=colour, ls=style)
         if g["n"] > 1:
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    return groups
 
 
-def style_axes(ax, title: str | None = None, threshold: float | None = None) -> None:
+def style_axes(
+    ax, title: str | None = None, threshold: float | None = None, xlabel: str = "Episode #"
+) -> None:
     """Paper-like axes: ``Episode #`` / ``Average Score``, legend, optional threshold line."""
     if threshold is not None:
         ax.axhline(threshold, color="grey", ls="--", lw=0.8, label=f"threshold {threshold:g}")
-    ax.set_xlabel("Episode #")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"Average Score (last {WINDOW})")
     if title:
         ax.set_title(title)
@@ -158,7 +432,7 @@ def style_axes(ax, title: str | None = None, threshold: float | None = None) -> 
     ax.legend(loc="best", fontsize="small")
 
 
-def default_title(runs: list[Run]) -> str:
+def default_title(runs) -> str:
     envs = list(dict.fromkeys(r.env for r in runs))
     title = ", ".join(envs)
     if len(envs) == 1 and envs[0] in PAPER_FIGURE:
@@ -174,21 +448,27 @@ def plot_runs(
     title: str | None = None,
     window: int = WINDOW,
     threshold: float | None = None,
+    band: str = "minmax",
 ) -> Path:
     """Draw the avg-``window`` score of several runs in one PNG; return its path.
 
-    ``group=True`` draws the mean over seeds with a min-max band per (env, model, backend).
+    ``run_dirs``: run directories, compact run folders or loaded runs. ``group=True`` draws
+    the mean over seeds with a band (``minmax`` or ``ci95``) per (env, model, backend,
+    learners).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
+    runs = [r if isinstance(r, (Run, CompactRun)) else load_any(r) for r in run_dirs]
     if not runs:
         raise ValueError("no runs to plot")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    (draw_groups if group else draw_runs)(ax, runs, window)
+    if group:
+        draw_groups(ax, runs, window, band=band)
+    else:
+        draw_runs(ax, runs, window)
     style_axes(ax, title or default_title(runs), threshold)
     fig.tight_layout()
     out = Path(out)
@@ -202,16 +482,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m qa3c_qiskit.plot",
         description="Plot the average score of the last 100 episodes against episodes "
-        "for one or more run directories (like the paper's Figs. 7-9).",
+        "for one or more runs (like the paper's Figs. 7-9). A run is a training run "
+        "directory (metrics.csv) or a compact run folder exported by reproduce (curve.csv).",
     )
-    parser.add_argument("runs", nargs="+", help="run directories (each holds metrics.csv)")
+    parser.add_argument("runs", nargs="+", help="run directories or compact run folders")
     parser.add_argument("-o", "--out", default="curves.png", help="output PNG")
     parser.add_argument("--title", default=None, help="figure title (default: the env ids)")
     parser.add_argument("--window", type=int, default=WINDOW, help="moving-average window")
     parser.add_argument(
         "--group",
         action="store_true",
-        help="one curve per (env, model, backend): mean over seeds with a min-max band",
+        help="one curve per (env, model, backend, learners): mean over seeds with a band",
+    )
+    parser.add_argument(
+        "--band",
+        default="minmax",
+        choices=BANDS,
+        help="band of --group: min-max over seeds, or 95%% CI of the mean",
     )
     parser.add_argument("--threshold", type=float, default=None, help="draw a dashed line here")
     args = parser.parse_args(argv)
@@ -226,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             title=args.title,
             window=args.window,
             threshold=args.threshold,
+            band=args.band,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
