@@ -97,21 +97,22 @@ def test_aer_shots_within_five_standard_errors_and_really_sampled():
     assert set(z.flatten().tolist()) <= {-1.0, 1.0}
 
 
-def test_update_is_two_primitive_calls_and_action_one():
-    """An A3C update (critic on B+1 states, actor on B, backward) = 2 calls; an action = 1."""
+@pytest.mark.parametrize("backend, steps", [("aer_shots", 5), ("aer_noisy", 1)])
+def test_update_is_two_primitive_calls_and_action_one(backend, steps):
+    """An A3C update (critic on B+1 states, actor on B, backward) = 2 calls; an action = 1
+    (aer_noisy: the density engine's fast shift path, counted as if its circuits had run)."""
     torch.manual_seed(3)
-    model = ActorCritic(ModelSpec(4, 2, backend="aer_shots"))
-    obs = torch.randn(5, 4, dtype=torch.float64)
+    model = ActorCritic(ModelSpec(4, 2, backend=backend))
+    obs = torch.randn(steps + 1, 4, dtype=torch.float64)
     model.act(obs[0])
     actor, critic = model.actor.core.counter, model.critic.core.counter
     assert (actor.calls, critic.calls) == (1, 0)
     actor.reset()
-    loss = a3c_loss(
-        model, obs, torch.tensor([0, 1, 1, 0, 1]), [1.0] * 5, obs[0], False, A3CSettings()
-    )
+    acts, rewards = torch.arange(steps) % 2, [1.0] * steps
+    loss = a3c_loss(model, obs[:steps], acts, rewards, obs[steps], False, A3CSettings())
     grad = local_gradient(model, loss)
     assert actor.calls + critic.calls == 2 and actor.pubs + critic.pubs == 2
-    assert actor.circuits + critic.circuits == (5 + 6) * (1 + 2 * 64)
+    assert actor.circuits + critic.circuits == (2 * steps + 1) * (1 + 2 * 64)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     model.close()
 
@@ -171,21 +172,6 @@ def test_density_engine_matches_aer_density_matrix_values_gradients_and_readout(
     z = 1 - 2 * ((np.arange(16)[None, :] >> np.arange(4)[:, None]) & 1)
     assert np.allclose(evs, z @ probs.T, atol=1e-8)
     assert np.abs(evs - v1).max() > 1e-3  # readout errors are really applied
-
-
-def test_aer_noisy_update_is_two_calls():
-    torch.manual_seed(5)
-    model = ActorCritic(ModelSpec(4, 2, backend="aer_noisy"))
-    obs = torch.randn(2, 4, dtype=torch.float64)
-    model.act(obs[0])
-    actor, critic = model.actor.core.counter, model.critic.core.counter
-    actor.reset()
-    loss = a3c_loss(model, obs[:1], torch.tensor([1]), [1.0], obs[1], False, A3CSettings())
-    grad = local_gradient(model, loss)
-    assert actor.calls + critic.calls == 2 and actor.pubs + critic.pubs == 2
-    assert actor.circuits + critic.circuits == (1 + 2) * (1 + 2 * 64)  # counted as if run
-    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
-    model.close()
 
 
 def test_aer_device_runs_a_full_episode_on_the_routed_circuit():

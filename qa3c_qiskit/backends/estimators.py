@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from qiskit.circuit import ClassicalRegister, Parameter, QuantumCircuit
+from qiskit.circuit import ClassicalRegister, QuantumCircuit
 from qiskit.primitives import BaseEstimatorV2, PrimitiveJob, PrimitiveResult
 from qiskit.primitives.containers import DataBin, EstimatorPubLike, PubResult
 from qiskit.primitives.containers.estimator_pub import EstimatorPub
@@ -35,16 +35,11 @@ from ..circuit import observable_diagonals
 class ShiftValuesEstimator(Protocol):
     """An estimator that computes all parameter-shift values without running each circuit."""
 
-    def shift_values(
-        self,
-        circuit: QuantumCircuit,
-        params: list[Parameter],
-        observables,
-        theta: np.ndarray,
-        precision: float | None = None,
-    ) -> np.ndarray:
-        """<O> at gate angles ``theta`` [N, G] and at every ``theta +- pi/2 e_k``:
-        [n_obs, N, 1 + 2G] (unshifted, then the G plus shifts, then the G minus shifts)."""
+    def shift_values(self, circuit, params, observables, theta, precision=None) -> np.ndarray:
+        """<O> of ``circuit`` (a QuantumCircuit whose gate angles are the Parameters
+        ``params``) at angles ``theta`` [N, G] and at every ``theta +- pi/2 e_k``:
+        [n_obs, N, 1 + 2G] (unshifted, then the G plus shifts, then the G minus shifts);
+        ``precision`` as in ``EstimatorV2.run`` (None: the estimator's default, 0: exact)."""
         ...
 
 
