@@ -513,7 +513,7 @@ class RayRunner(Runner):
                 )
             ]
         self.ps_restarts += 1
-        env_steps = max(int(s["env_steps"]), int(self._last_env_steps))
+        env_steps = self._lost_state()["env_steps"]
         self.ps = self._new_parameter_server(self.delivered, env_steps)
         self._stop_sent = False
         out = [
@@ -537,6 +537,13 @@ class RayRunner(Runner):
             self._reuse = False
         return out
 
+    def _lost_state(self) -> dict:
+        """The global state when the parameter server is gone: the last synced one, with the
+        episodes delivered since as claimed, and env steps at least those of the last one."""
+        s = self.synced
+        steps = max(int(s["env_steps"]), int(self._last_env_steps))
+        return {**s, "claimed": self.delivered, "env_steps": steps}
+
     def sync(self) -> RunState:
         """Copy the global state into ``state``; the copy is also what a restarted parameter
         server starts from. If the parameter server is gone, the last synced state is kept
@@ -544,13 +551,13 @@ class RayRunner(Runner):
         if self._closed and self.final is not None:
             s = self.final
         elif self.ps_lost:
-            s = self.synced
+            s = self._lost_state()
         else:
             try:
                 s = self._ps_get(self.ps.state.remote())
                 self.synced = s
             except _ParameterServerLost:
-                s = self.synced
+                s = self._lost_state()
         self.state.flat = s["flat"].clone()
         self.state.adam = s["adam"]
         self.state.env_steps = int(s["env_steps"])
@@ -580,7 +587,7 @@ class RayRunner(Runner):
                 except _ParameterServerLost:
                     self.final = None
             if self.final is None:
-                self.final = {**self.synced, "claimed": self.delivered}
+                self.final = self._lost_state()
         finally:
             for a in self.actors.values():
                 ray.kill(a.actor)
