@@ -249,7 +249,7 @@ def test_killed_worker_then_killed_parameter_server_the_run_ends_with_the_exact_
     """Worker 0's process is SIGKILLed (restarted, its claim given back); then, after a sync
     (as the trainer does at a checkpoint), the parameter server's actor is killed: it restarts
     from the synced state and the run still ends with exactly the budget."""
-    budget = 100  # worker 1 alone must not finish it before both faults are injected
+    budget = 150  # worker 1 alone must not finish it before both faults are injected
     runner = _runner(budget, max_restarts=2)
     flat0 = runner.state.flat.clone()
     runner.start(gate=True)
