@@ -386,9 +386,8 @@ def _reduced1(g, psi, q, wc, r):
 
 
 @njit(**_JIT)
-def _product_state(prog, mats, wc, psi, v):
-    """psi <- the first local layer (at prog[0]) applied to |0...0>: per lane the product of
-    each qubit's M|0>, built qubit by qubit. ``v`` [n, 4, W] scratch."""
+def _product_factors(prog, mats, wc, v):
+    """v [n, 4, W] <- each qubit's M_q|0> (re/im of both entries) for the first local layer."""
     n = v.shape[0]
     for q in range(n):
         for lane in range(wc):
@@ -403,6 +402,14 @@ def _product_state(prog, mats, wc, psi, v):
                 a, b = m[0] * a + m[1] * b, m[2] * a + m[3] * b
             v[q, 0, lane], v[q, 1, lane] = a.real, a.imag
             v[q, 2, lane], v[q, 3, lane] = b.real, b.imag
+
+
+@njit(**_JIT)
+def _product_state(prog, mats, wc, psi, v):
+    """psi <- the first local layer (at prog[0]) applied to |0...0>: per lane the product of
+    each qubit's M|0>, built qubit by qubit. ``v`` [n, 4, W] scratch."""
+    _product_factors(prog, mats, wc, v)
+    n = v.shape[0]
     for lane in range(wc):
         psi[0, 0, lane] = 1.0
         psi[0, 1, lane] = 0.0

@@ -25,9 +25,11 @@ from .kernels import (
     _grad1,
     _mul,
     _permute,
+    _product_factors,
     _product_state,
     _reduced1,
 )
+from .product import product_reduced
 
 
 @njit(**_JIT)
@@ -167,6 +169,8 @@ def backward(
     g_ang = np.empty((n_slots, wd))
     no_gate = np.full(6, -1, dtype=np.int64)
     nmat = np.empty((rho.shape[1], 8, wd))
+    vq = np.empty((rho.shape[1], 4, wd))
+    rprod = np.empty((rho.shape[1], 8, wd))
     last = n_ops - 1
     for ci in range(tape.shape[0]):
         b0 = ci * wd
@@ -199,6 +203,9 @@ def backward(
             op = prog[pc]
             if op == OP_LOCAL:
                 psi = tape[ci, ops[o, 1]]
+                if o == 0:  # the product state: every qubit's r from two contractions
+                    _product_factors(prog, m_c, wc, vq)
+                    product_reduced(g, vq, wc, rprod)
                 for c in range(prog[pc + 1]):
                     q, n_g, g0 = prog[pc + 2 + 3 * c], prog[pc + 3 + 3 * c], prog[pc + 4 + 3 * c]
                     any_angle = False
@@ -206,7 +213,10 @@ def backward(
                         any_angle = any_angle or gates[gi, 0] != K_CONST
                     if not any_angle:
                         continue
-                    _reduced1(g, psi, q, wc, r)
+                    if o == 0:
+                        r[:, :wc] = rprod[q, :, :wc]
+                    else:
+                        _reduced1(g, psi, q, wc, r)
                     for lane in range(wc):
                         rr = (
                             complex(r[0, lane], r[1, lane]),
