@@ -150,11 +150,12 @@ def run_name(model: str, backend: str, learners: int, seed: int) -> str:
 
 
 def configs_for(env: str, args: argparse.Namespace) -> list[TrainConfig]:
-    """One TrainConfig per (model, seed) of ``env``; paper defaults except the given options."""
+    """One TrainConfig per (seed, model) of ``env`` (both models of a seed one after the
+    other); paper defaults except the given options."""
     cfgs = []
     learners = args.learners or args.workers
-    for model in args.models:
-        for seed in args.seed_values:
+    for seed in args.seed_values:  # seed by seed, so a verdict needs the fewest finished runs
+        for model in args.models:
             extra = {} if args.lr is None else {"lr": args.lr}
             cfgs.append(
                 TrainConfig(
@@ -247,9 +248,14 @@ def run_one(cfg: TrainConfig, command: str = "") -> Path:
         if (run_dir / CHECKPOINT).is_file():
             print(f"resuming {run_dir} up to {cfg.episodes} episodes")
             record_command(run_dir, command, cfg.episodes, "resume")
-            # A ValueError (other settings, run in use, ...) goes to the caller: never move a
-            # resumable run aside.
-            return train(replace(cfg, resume=str(run_dir)), show_table=False)
+            # Other settings, a run in use, ...: stop with an error; never move a resumable run
+            # aside.
+            try:
+                return train(replace(cfg, resume=str(run_dir)), show_table=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"cannot continue {run_dir}: {exc} (move it away or choose another --out)"
+                ) from None
         aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(str(run_dir), aside)
         print(f"{run_dir} has no checkpoint; moved it to {aside}, starting afresh")
@@ -966,7 +972,8 @@ def report(
         write_table1(results_dir, list(everything))
         table1 = "Parameter counts: [table1.md](table1.md).\n"
     except Exception as exc:  # the model code is not needed for the results themselves
-        print(f"note: Table I not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"note: Table I not written ({type(exc).__name__}: {first})", file=sys.stderr)
     lines = [
         "# Results: quantum vs classical (paper Figs. 7-9)\n",
         "Rebuilt from the compact run folders alone by\n\n"
@@ -1075,7 +1082,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="actor-learners per run, spread over the --workers processes (paper: 80, "
-        "with --workers 2); default: one per worker",
+        "with --workers 2); None: one per worker",
     )
     p.add_argument(
         "--workers",
