@@ -7,9 +7,14 @@ Stages (each a module):
   stages, the angle-expression compiler :func:`compile_angles`, the readout diagonals);
 * :mod:`.reference`: the program as plain torch ops, differentiated by autograd
   (``QA3C_ENGINE=reference``; the tests hold the compiled executor to it);
-* :mod:`.numba_exec` (+ :mod:`.kernels`, :mod:`.sweeps`): the compiled executor (the default),
-  forward and adjoint backward in one numba kernel call each, the batch in the vectorised inner
-  loops.
+* :mod:`.numba_exec`: the compiled executor (the default): the program flattened for the numba
+  kernels (:mod:`.sweeps` forward and adjoint backward, one call each for the whole batch;
+  :mod:`.kernels`, :mod:`.angles`, :mod:`.fold`, :mod:`.product` their building blocks), the
+  batch in the vectorised inner loops. There is no numpy executor any more: numba is a required
+  dependency and the reference executor covers the "plain and obviously right" role.
+
+Where to add a gate: :data:`.compile.GATES` (and, for a new kind of matrix, its code in
+:mod:`.kernels` ``_base_matrix``/``_dense_lane`` and the gradient in ``_grad1``).
 
 Amplitudes are double precision, so results agree with ``qiskit.quantum_info.Statevector`` to
 ~1e-12. Qubit 0 is the least significant bit of a basis index (Qiskit's convention).

@@ -197,7 +197,7 @@ class AngleProgram:
 
     def evaluate(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(angles [N, S], d angle_s / d theta_p [N, S, P]) for parameter values [N, P]."""
-        from .kernels import angles as run
+        from .angles import angles as run
 
         theta = np.ascontiguousarray(theta, dtype=np.float64).reshape(-1, self.n_params)
         ang, dang = run(theta, np.zeros((1, 0)), self.code, self.consts, True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .angles import _angles_chunk
 from .compile import K_CONST, OP_LOCAL, OP_MONO, OP_ZFOLD
 from .fold import fold_backward, fold_out, fold_rho
 from .kernels import (
     _JIT,
-    _angles_chunk,
     _apply1,
     _apply_dense_lane,
     _build_gates,
