@@ -346,6 +346,13 @@ def export_run(run_dir, results_env: Path) -> Path:
     return dest
 
 
+def _metrics_rows(run_dir: Path) -> bool:
+    """metrics.csv holds at least one row (beyond its header)."""
+    with open(Path(run_dir) / "metrics.csv") as fh:
+        fh.readline()
+        return bool(fh.readline().strip())
+
+
 def training_runs(out: Path, env: str) -> list[Path]:
     """The run directories under OUT/ENV/runs (not those moved aside)."""
     folder = Path(out) / env / "runs"
@@ -374,6 +381,7 @@ def load_results(results: Path, envs: list[str] | None = None) -> dict[str, list
             for d in sorted(env_dir.iterdir())
             if d.is_dir() and (d / CURVE_FILE).is_file()
         ]
+        runs = [r for r in runs if r.n]  # a run exported before its first episode: no data
         if runs:
             out[env_dir.name] = runs
     order = {e: i for i, e in enumerate(PAPER_ENVS)}
@@ -1029,7 +1037,10 @@ def reproduce(args: argparse.Namespace) -> dict[str, dict]:
     if args.export:
         for env in envs or sorted(p.name for p in Path(args.out).iterdir() if p.is_dir()):
             for run_dir in training_runs(Path(args.out), env):
-                print(f"exported {export_run(run_dir, results / env)}")
+                if (run_dir / "summary.json").is_file() or _metrics_rows(run_dir):
+                    print(f"exported {export_run(run_dir, results / env)}")
+                else:
+                    print(f"skipped {run_dir}: no finished episode yet")
         return report(results, args.band, envs)
     for env in envs:
         for cfg in configs_for(env, args):

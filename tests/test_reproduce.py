@@ -218,7 +218,9 @@ def test_report_from_compact_data_verdicts_budgets_and_learners(tmp_path):
         n = 300 if seed == 200 else 600
         fake_run(out, "Acrobot-v1", "quantum", seed, curve(-500, -90, 600, rng)[:n], intended=600)
         fake_run(out, "Acrobot-v1", "classical", seed, curve(-500, -90, 600, rng))
+    fake_run(out, "Acrobot-v1", "classical", 300, [], finished=False)  # just started: skipped
     assert main(["--export", "--out", str(out), "--results", str(res)]) == 0
+    assert not (res / "Acrobot-v1" / "classical__classical__L2__s300").exists()
     shutil.rmtree(out)  # the report needs the compact folders only
     for f in res.rglob("*"):
         if f.is_file() and f.name not in COMPACT_FILES:
