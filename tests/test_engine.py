@@ -524,14 +524,23 @@ def _per_sample_case(circuit, x, w, observables, mode, batch, seed):
 @pytest.mark.parametrize("mode", FAST_MODES + ["reference"])
 def test_per_sample_weights_paper_circuit(mode):
     vqc = build_vqc(8, 2, "double_ring")
-    _per_sample_case(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables, mode, 5, 31)
+    for batch in (5, 70):  # per-lane loops; vectorised lanes in two chunks of 35
+        _per_sample_case(vqc.circuit, vqc.inputs, vqc.weights, vqc.observables, mode, batch, 31)
 
 
 @pytest.mark.parametrize("mode", FAST_MODES)
+@pytest.mark.parametrize("readout", ["pauli_sums", "z_only"])
 @pytest.mark.parametrize("seed", range(4))
-def test_per_sample_weights_random_circuits(seed, mode):
+def test_per_sample_weights_random_circuits(seed, readout, mode):
+    """Pauli sums with ZZ terms run the plain readout; Z_q-only observables (the paper's) fold
+    the final local layer into the readout: both, with batches beyond one vector chunk."""
     qc, x, w, observables = random_circuit(seed, depth=30)
-    _per_sample_case(qc, x, w, observables, mode, 3, 40 + seed)
+    if readout == "z_only":
+        observables = [
+            SparsePauliOp("IIIZ"),
+            SparsePauliOp.from_list([("ZIII", 0.7), ("IZII", -1)]),
+        ]
+    _per_sample_case(qc, x, w, observables, mode, 3 if seed % 2 else 21, 40 + seed)
 
 
 def test_per_sample_weights_bad_batch_is_rejected():
