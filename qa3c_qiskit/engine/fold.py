@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .kernels import _JIT, VEC_LANES, _dag, _get, _grad1, _mul
+from .kernels import _JIT, VEC_LANES, _dag, _get, _mul, chain_grads
 
 
 @njit(**_JIT)
@@ -100,26 +100,33 @@ def fold_backward(psi, rho, prog, pc, gates, mats, ang, wc, zcoef, g_out, b0, g,
     n = rho.shape[0]
     dim = psi.shape[0]
     n_obs = zcoef.shape[0]
-    for lane in range(wc):
-        for q in range(n):
+    rbuf = np.empty((8, g.shape[2]))
+    for q in range(n):
+        c_of = -1
+        for c in range(prog[pc + 1]):
+            if prog[pc + 2 + 3 * c] == q:
+                c_of = c
+        for lane in range(wc):
             h = 0.0
             for j in range(n_obs):
                 h += g_out[b0 + lane, j] * zcoef[j, q + 1]
-            m = _chain_matrix(prog, pc, q, mats, lane)
+            m = (1 + 0j, 0j, 0j, 1 + 0j)
+            if c_of >= 0:
+                n_g, g0 = prog[pc + 3 + 3 * c_of], prog[pc + 4 + 3 * c_of]
+                for gi in range(g0, g0 + n_g):
+                    m = _mul(_get(mats, gi, lane), m)
             s = _sigma(rho, q, lane, m)
             rr = (2 * h * s[0], 2 * h * s[1], -2 * h * s[2], -2 * h * s[3])  # 2h Z sigma
-            for c in range(prog[pc + 1]):
-                if prog[pc + 2 + 3 * c] == q:
-                    n_g, g0 = prog[pc + 3 + 3 * c], prog[pc + 4 + 3 * c]
-                    for gi in range(g0 + n_g - 1, g0 - 1, -1):
-                        mg = _get(mats, gi, lane)
-                        _grad1(gates, gi, ang, lane, rr, mg, g_ang)
-                        if gi > g0:
-                            rr = _mul(_dag(mg), _mul(rr, mg))
+            for e in range(4):
+                rbuf[2 * e, lane] = rr[e].real
+                rbuf[2 * e + 1, lane] = rr[e].imag
             nm = _mul(_dag(m), _mul((2 * h + 0j, 0j, 0j, -2 * h + 0j), m))
             for e in range(4):
                 nmat[q, 2 * e, lane] = nm[e].real
                 nmat[q, 2 * e + 1, lane] = nm[e].imag
+        if c_of >= 0:
+            n_g, g0 = prog[pc + 3 + 3 * c_of], prog[pc + 4 + 3 * c_of]
+            chain_grads(gates, g0, n_g, mats, ang, rbuf, g_ang, wc)
     for i in range(dim):
         for lane in range(wc):
             g[i, 0, lane] = 0.0

@@ -429,3 +429,51 @@ def _re_inner(r, d):
     return (
         np.conj(r[0]) * d[0] + np.conj(r[1]) * d[1] + np.conj(r[2]) * d[2] + np.conj(r[3]) * d[3]
     ).real
+
+
+@njit(**_JIT)
+def chain_grads(gates, g0, n_g, mats, ang, r, g_ang, wc):
+    """Add the angle gradients of a chain of single-qubit gates ``g0 .. g0 + n_g - 1`` to
+    ``g_ang`` [n_slots, W], from ``r`` [8, W] (the reduced operator after the chain; consumed).
+    Lanes innermost: r is carried back gate by gate as ``G^dagger r G``."""
+    for gi in range(g0 + n_g - 1, g0 - 1, -1):
+        kind, s0 = gates[gi, 0], gates[gi, 1]
+        if kind == K_RX:  # Re sum(conj(r) * D), D = -i/2 X
+            for lane in range(wc):
+                g_ang[s0, lane] -= 0.5 * (r[3, lane] + r[5, lane])
+        elif kind == K_RY:  # D = [[0, -1/2], [1/2, 0]]
+            for lane in range(wc):
+                g_ang[s0, lane] += 0.5 * (r[4, lane] - r[2, lane])
+        elif kind == K_RZ:  # D = -i/2 Z
+            for lane in range(wc):
+                g_ang[s0, lane] += 0.5 * (r[7, lane] - r[1, lane])
+        elif kind == K_P:  # D = diag(0, i)
+            for lane in range(wc):
+                g_ang[s0, lane] += r[7, lane]
+        elif kind != K_CONST:  # K_U
+            for lane in range(wc):
+                rr = (
+                    complex(r[0, lane], r[1, lane]),
+                    complex(r[2, lane], r[3, lane]),
+                    complex(r[4, lane], r[5, lane]),
+                    complex(r[6, lane], r[7, lane]),
+                )
+                _grad1(gates, gi, ang, lane, rr, _get(mats, gi, lane), g_ang)
+        if gi == g0:
+            break
+        for lane in range(wc):  # r <- G^dagger r G
+            g00 = complex(mats[gi, 0, lane], mats[gi, 1, lane])
+            g01 = complex(mats[gi, 2, lane], mats[gi, 3, lane])
+            g10 = complex(mats[gi, 4, lane], mats[gi, 5, lane])
+            g11 = complex(mats[gi, 6, lane], mats[gi, 7, lane])
+            r00 = complex(r[0, lane], r[1, lane])
+            r01 = complex(r[2, lane], r[3, lane])
+            r10 = complex(r[4, lane], r[5, lane])
+            r11 = complex(r[6, lane], r[7, lane])
+            t00, t01 = r00 * g00 + r01 * g10, r00 * g01 + r01 * g11
+            t10, t11 = r10 * g00 + r11 * g10, r10 * g01 + r11 * g11
+            c00, c01, c10, c11 = g00.conjugate(), g01.conjugate(), g10.conjugate(), g11.conjugate()
+            n00, n01 = c00 * t00 + c10 * t10, c00 * t01 + c10 * t11
+            n10, n11 = c01 * t00 + c11 * t10, c01 * t01 + c11 * t11
+            r[0, lane], r[1, lane], r[2, lane], r[3, lane] = n00.real, n00.imag, n01.real, n01.imag
+            r[4, lane], r[5, lane], r[6, lane], r[7, lane] = n10.real, n10.imag, n11.real, n11.imag

@@ -18,16 +18,13 @@ from .kernels import (
     _apply_dense_lane,
     _build_gates,
     _chain,
-    _dag,
     _dense_lane,
     _dense_offsets,
-    _get,
-    _grad1,
-    _mul,
     _permute,
     _product_factors,
     _product_state,
     _reduced1,
+    chain_grads,
 )
 from .product import product_reduced
 
@@ -217,18 +214,7 @@ def backward(
                         r[:, :wc] = rprod[q, :, :wc]
                     else:
                         _reduced1(g, psi, q, wc, r)
-                    for lane in range(wc):
-                        rr = (
-                            complex(r[0, lane], r[1, lane]),
-                            complex(r[2, lane], r[3, lane]),
-                            complex(r[4, lane], r[5, lane]),
-                            complex(r[6, lane], r[7, lane]),
-                        )
-                        for gi in range(g0 + n_g - 1, g0 - 1, -1):
-                            m = _get(m_c, gi, lane)
-                            _grad1(gates, gi, a_c, lane, rr, m, g_ang)
-                            if gi > g0:
-                                rr = _mul(_dag(m), _mul(rr, m))
+                    chain_grads(gates, g0, n_g, m_c, a_c, r, g_ang, wc)
                 if o:  # nothing before the first op: no need to carry g further
                     for c in range(prog[pc + 1]):
                         q, n_g, g0 = (
