@@ -127,56 +127,60 @@ def fold_backward(psi, rho, prog, pc, gates, mats, ang, wc, zcoef, g_out, b0, g,
         if c_of >= 0:
             n_g, g0 = prog[pc + 3 + 3 * c_of], prog[pc + 4 + 3 * c_of]
             chain_grads(gates, g0, n_g, mats, ang, rbuf, g_ang, wc)
+    # g = sum_q N_q psi with N_q = [[d_q, o_q], [conj o_q, -d_q]]: the diagonal parts sum to
+    # one diagonal (built bit by bit), the off-diagonal parts are one half-cost pass per qubit
+    dd = np.empty((dim, g.shape[2]))
+    for lane in range(wc):
+        t = 0.0
+        for q in range(n):
+            t += nmat[q, 0, lane]
+        dd[0, lane] = t
+    size = 1
+    for q in range(n):
+        for i in range(size):
+            for lane in range(wc):
+                dd[i + size, lane] = dd[i, lane] - 2.0 * nmat[q, 0, lane]
+        size *= 2
     for i in range(dim):
         for lane in range(wc):
-            g[i, 0, lane] = 0.0
-            g[i, 1, lane] = 0.0
+            g[i, 0, lane] = dd[i, lane] * psi[i, 0, lane]
+            g[i, 1, lane] = dd[i, lane] * psi[i, 1, lane]
     if wc < VEC_LANES:
         for lane in range(wc):
             for q in range(n):
-                _add_apply1_lane(psi, g, q, nmat[q], lane)
+                _add_offdiag_lane(psi, g, q, nmat[q, 2, lane], nmat[q, 3, lane], lane)
         return
     for q in range(n):
         stride = 1 << q
-        m = nmat[q]
         for base in range(0, dim, 2 * stride):
             for i in range(base, base + stride):
                 j = i + stride
                 for lane in range(wc):
+                    orr, oi = nmat[q, 2, lane], nmat[q, 3, lane]
                     ar, ai, br, bi = (
                         psi[i, 0, lane],
                         psi[i, 1, lane],
                         psi[j, 0, lane],
                         psi[j, 1, lane],
                     )
-                    g[i, 0, lane] += (
-                        m[0, lane] * ar - m[1, lane] * ai + m[2, lane] * br - m[3, lane] * bi
-                    )
-                    g[i, 1, lane] += (
-                        m[0, lane] * ai + m[1, lane] * ar + m[2, lane] * bi + m[3, lane] * br
-                    )
-                    g[j, 0, lane] += (
-                        m[4, lane] * ar - m[5, lane] * ai + m[6, lane] * br - m[7, lane] * bi
-                    )
-                    g[j, 1, lane] += (
-                        m[4, lane] * ai + m[5, lane] * ar + m[6, lane] * bi + m[7, lane] * br
-                    )
+                    g[i, 0, lane] += orr * br - oi * bi  # o b
+                    g[i, 1, lane] += orr * bi + oi * br
+                    g[j, 0, lane] += orr * ar + oi * ai  # conj(o) a
+                    g[j, 1, lane] += orr * ai - oi * ar
 
 
 @njit(**_JIT)
-def _add_apply1_lane(psi, g, q, m, lane):
-    """g += m (on qubit q) psi, one lane."""
+def _add_offdiag_lane(psi, g, q, orr, oi, lane):
+    """g += [[0, o], [conj o, 0]] (on qubit q) psi, one lane."""
     stride = 1 << q
-    m0r, m0i, m1r, m1i = m[0, lane], m[1, lane], m[2, lane], m[3, lane]
-    m2r, m2i, m3r, m3i = m[4, lane], m[5, lane], m[6, lane], m[7, lane]
     for base in range(0, psi.shape[0], 2 * stride):
         for i in range(base, base + stride):
             j = i + stride
             ar, ai, br, bi = psi[i, 0, lane], psi[i, 1, lane], psi[j, 0, lane], psi[j, 1, lane]
-            g[i, 0, lane] += m0r * ar - m0i * ai + m1r * br - m1i * bi
-            g[i, 1, lane] += m0r * ai + m0i * ar + m1r * bi + m1i * br
-            g[j, 0, lane] += m2r * ar - m2i * ai + m3r * br - m3i * bi
-            g[j, 1, lane] += m2r * ai + m2i * ar + m3r * bi + m3i * br
+            g[i, 0, lane] += orr * br - oi * bi
+            g[i, 1, lane] += orr * bi + oi * br
+            g[j, 0, lane] += orr * ar + oi * ai
+            g[j, 1, lane] += orr * ai - oi * ar
 
 
 def z_coefficients(readout: np.ndarray) -> np.ndarray | None:
