@@ -53,6 +53,11 @@ class Dressed(nn.Module):
         for lin in (self.pre, self.post):
             nn.init.normal_(lin.weight, 0.0, 0.1)
             nn.init.zeros_(lin.bias)
+        # where the layers sit in a row of per-sample parameters (plain ints: the hot path)
+        self._n_pre = self.pre.weight.numel() + self.pre.bias.numel()
+        self._n_pre_core = self._n_pre + sum(p.numel() for p in core.parameters())
+        self._pre_shape = tuple(self.pre.weight.shape)
+        self._post_shape = tuple(self.post.weight.shape)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.post(torch.tanh(self.core(torch.tanh(self.pre(obs)))))
@@ -63,25 +68,21 @@ class Dressed(nn.Module):
         h, w_core = self.functional_pre(rows, obs)
         return self.functional_post(rows, self.core.functional(h, w_core))
 
-    def _sizes(self) -> tuple[int, int]:
-        n_pre = self.pre.weight.numel() + self.pre.bias.numel()
-        return n_pre, n_pre + sum(p.numel() for p in self.core.parameters())
-
     def functional_pre(self, rows, obs) -> tuple[torch.Tensor, torch.Tensor]:
         """(the core's inputs ``tanh(pre(obs))`` [B, n_qubits], the core's rows [B, n_core])."""
-        n_pre, n_pre_core = self._sizes()
-        h = torch.tanh(batched_linear(self.pre, rows[:, :n_pre], obs))
-        return h, rows[:, n_pre:n_pre_core]
+        h = torch.tanh(batched_linear(self._pre_shape, rows[:, : self._n_pre], obs))
+        return h, rows[:, self._n_pre : self._n_pre_core]
 
     def functional_post(self, rows, core_out) -> torch.Tensor:
         """``post(tanh(core_out))`` with per-sample parameters: [B, out]."""
-        return batched_linear(self.post, rows[:, self._sizes()[1] :], torch.tanh(core_out))
+        return batched_linear(self._post_shape, rows[:, self._n_pre_core :], torch.tanh(core_out))
 
 
-def batched_linear(layer: nn.Linear, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` with sample ``b`` using weight and bias from ``rows[b]`` (weight, then bias,
-    flattened as in ``layer.parameters()``): [B, in] -> [B, out]."""
-    out_dim, in_dim = layer.weight.shape
+def batched_linear(shape: tuple[int, int], rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A ``Linear`` of weight shape ``shape`` = (out, in) applied to ``x`` [B, in], sample ``b``
+    with weight and bias from ``rows[b]`` (weight, then bias, flattened as in
+    ``Linear.parameters()``): [B, out]."""
+    out_dim, in_dim = shape
     w = rows[:, : out_dim * in_dim].view(-1, out_dim, in_dim)
     return torch.matmul(w, x.unsqueeze(-1)).squeeze(-1) + rows[:, out_dim * in_dim :]
 
@@ -93,9 +94,10 @@ class LinearCore(nn.Linear):
         super().__init__(n_qubits, n_qubits, dtype=torch.float64)
         nn.init.normal_(self.weight, 0.0, 0.1)
         nn.init.zeros_(self.bias)
+        self._shape = (n_qubits, n_qubits)
 
     def functional(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return batched_linear(self, rows, x)
+        return batched_linear(self._shape, rows, x)
 
 
 def classical_core(n_qubits: int) -> nn.Module:
