@@ -373,8 +373,8 @@ class _Supervisor:
             events(msg.text)
         elif isinstance(msg, Failure):
             self.error = msg
-            events(f"worker {msg.worker} failed:\n{msg.traceback}")
-            self.prog.event(f"worker {msg.worker} failed; stopping")
+            events(f"{msg.who} failed:\n{msg.traceback}")
+            self.prog.event(f"{msg.who} failed; stopping")
             self.runner.stop()
         else:  # pragma: no cover - a runner bug
             raise TypeError(f"unknown runner message {msg!r}")
@@ -464,7 +464,7 @@ def supervise(run: PreparedRun) -> dict:
         raise TrainingInterrupted(signalled[0], run.run_dir, state.episodes_done)
     if sup.error is not None:
         raise WorkerFailed(
-            f"worker {sup.error.worker} failed (last checkpoint: episode "
+            f"{sup.error.who} failed (last checkpoint: episode "
             f"{state.episodes_done} in {run.run_dir}):\n{sup.error.traceback}"
         )
     return summary

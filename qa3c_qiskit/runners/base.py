@@ -97,9 +97,13 @@ class Restart:
 class Failure:
     """Process ``worker`` failed for good (restarts used up, or NonFiniteError with raise)."""
 
-    worker: int
+    worker: int  # -1: the Ray parameter server
     traceback: str
     fatal: bool = False
+
+    @property
+    def who(self) -> str:
+        return "the parameter server" if self.worker < 0 else f"worker {self.worker}"
 
 
 @dataclass
