@@ -353,3 +353,16 @@ def test_ibm_runtime_local_functional_one_call_without_deprecation_warnings():
         assert (counter.calls, counter.pubs, counter.circuits) == (1, 1, 3)
     finally:
         lay.close()
+
+
+def test_builtin_profiles_found_from_any_directory_and_user_folder_wins(tmp_path, monkeypatch):
+    """Built-ins are package data (found outside a checkout); ./backends/ is the user folder."""
+    monkeypatch.delenv(backends.BACKENDS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    known = backends.known_backends()
+    for name in ("statevector", "aer_statevector", "aer_shots", "aer_noisy", "aer_device"):
+        assert known[name].parent == backends.BUILTIN_DIR
+    (tmp_path / "backends").mkdir()
+    write_profile(tmp_path / "backends", "aer_shots", 'kind = "aer"\nshots = 32\n')
+    assert backends.resolve("aer_shots").shots == 32
+    assert backends.load_profile("aer_noisy").kind == "torch_density"
