@@ -3,15 +3,29 @@
 The classic pytorch-A3C ``SharedAdam`` kept the step count per process, so each worker applied
 its own bias correction; here the step is one shared counter, so the global optimizer is exactly
 ``torch.optim.Adam`` applied to the sequence of pushed gradients (tested).
+
+Crash consistency: a process killed inside :meth:`SharedAdam.step` would leave the moments and
+the parameters half-updated. Every step is bracketed by a version counter (odd while the live
+state is being written) and followed by a copy of the live state into a backup (with its own
+counter, odd while the backup is being written). At most one of the two is ever odd, so
+:meth:`SharedAdam.recover` (run by whoever takes the lock next) always finds one consistent copy:
+an interrupted step is rolled back to the state after the last completed step (its gradient is
+lost, as if its worker had died just before pushing), an interrupted backup is redone.
 """
 
 from __future__ import annotations
 
 import torch
 
+LIVE, BACKUP = 0, 1
+
 
 class SharedAdam:
-    """Adam on a flat float64 parameter vector; call ``share_memory()`` before spawning workers."""
+    """Adam on a flat float64 parameter vector; call ``share_memory()`` before spawning workers.
+
+    Not itself thread/process safe: callers serialise :meth:`step` (the local runner's hub lock,
+    the Ray parameter server's one-call-at-a-time actor).
+    """
 
     def __init__(
         self,
@@ -25,15 +39,27 @@ class SharedAdam:
         self.exp_avg = torch.zeros_like(params)
         self.exp_avg_sq = torch.zeros_like(params)
         self.step_count = torch.zeros(1, dtype=torch.int64)
+        # [live, backup] write counters: odd while that copy is being written
+        self.version = torch.zeros(2, dtype=torch.int64)
+        self._backup_tensors = [t.clone() for t in self._live()]
+
+    def _live(self) -> list[torch.Tensor]:
+        return [self.params, self.exp_avg, self.exp_avg_sq, self.step_count]
 
     def share_memory(self) -> SharedAdam:
-        for t in (self.params, self.exp_avg, self.exp_avg_sq, self.step_count):
+        for t in (*self._live(), self.version, *self._backup_tensors):
             t.share_memory_()
         return self
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
         """One Adam step of the shared parameters with ``grad`` (not kept: read once)."""
+        self.version[LIVE] += 1  # odd: live state being written
+        self._apply(grad)
+        self.version[LIVE] += 1  # even: live state consistent
+        self._save_backup()
+
+    def _apply(self, grad: torch.Tensor) -> None:
         b1, b2 = self.betas
         self.step_count += 1
         t = int(self.step_count)
@@ -43,6 +69,35 @@ class SharedAdam:
         bias2_sqrt = (1 - b2**t) ** 0.5
         denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
         self.params.addcdiv_(self.exp_avg, denom, value=-self.lr / bias1)
+
+    @torch.no_grad()
+    def _save_backup(self) -> None:
+        self.version[BACKUP] += 1
+        for dst, src in zip(self._backup_tensors, self._live()):
+            dst.copy_(src)
+        self.version[BACKUP] += 1
+
+    def in_progress(self) -> bool:
+        """True if a step or a backup was interrupted (a writer died mid-write)."""
+        return bool((self.version % 2).any())
+
+    @torch.no_grad()
+    def recover(self) -> str | None:
+        """Restore a consistent state after an interrupted step or backup (call with the lock
+        held); returns what was done, or None if nothing was interrupted."""
+        if int(self.version[LIVE]) % 2:
+            for dst, src in zip(self._live(), self._backup_tensors):
+                dst.copy_(src)
+            self.version[LIVE] += 1
+            return (
+                "an interrupted shared-Adam step was rolled back to step "
+                f"{int(self.step_count)} (the last completed one)"
+            )
+        if int(self.version[BACKUP]) % 2:
+            self.version[BACKUP] += 1  # even again before redoing it: _save_backup brackets it
+            self._save_backup()
+            return "an interrupted shared-Adam backup was redone from the consistent live state"
+        return None
 
     def state_dict(self) -> dict:
         """The optimizer's state: moments and step (lr, betas and eps are the run's config)."""
@@ -56,3 +111,5 @@ class SharedAdam:
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
         self.step_count.fill_(int(state["step"]))
+        self.version.zero_()
+        self._save_backup()

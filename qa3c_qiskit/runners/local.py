@@ -8,18 +8,29 @@ consistent Adam state.
 Transport only: supervision (restarts, give-back, messages) is :class:`~.base.Runner`'s. Each
 process reports over its own pipe (no lock shared with other processes, so a process killed
 mid-message cannot block the rest), one message per env step with all episodes its learners
-finished; the hub lock records its holder, so the supervisor can release it if a process dies
-holding it; the episodes a dead process claimed but never reported are given back.
+finished; the episodes a dead process claimed but never reported are given back.
+
+Crash safety of the critical section: the hub lock is a kernel file lock (:class:`HubLock`), so
+a process killed while holding it - at any point, also between taking it and recording itself as
+holder - releases it as it dies, and nobody ever waits on a dead holder. The next holder (worker
+or supervisor) sees what the dead one left: its pid still recorded as holder, or the shared
+Adam's version counter odd (killed inside the step); it restores the Adam state from the copy
+taken after the last completed step (:meth:`~qa3c_qiskit.optim.SharedAdam.recover`) before doing
+anything else, and the supervisor logs it. Every shared counter is written with a single store
+by its only writer, so none is ever half-updated.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
+import weakref
 from contextlib import contextmanager
 from multiprocessing.connection import wait
 
@@ -29,18 +40,86 @@ import torch.multiprocessing as mp
 from ..a3c import NonFiniteError, run_learners
 from ..checkpoint import RunState
 from ..optim import SharedAdam
-from .base import Episode, Runner, RunPlan, Slot
+from .base import Episode, Event, Runner, RunPlan, Slot
 
-SUPERVISOR = -2  # lock holder id of the supervisor / in-process callers
-FREE = -1
-CLAIMED, ENV_STEPS, NONFINITE = 0, 1, 2
+FREE = 0  # no holder recorded (holders are recorded by pid)
+BASE, ENV_STEPS, NONFINITE, RECOVERIES = 0, 1, 2, 3
+#: a supervisor waiting longer than this for the hub lock fails loudly instead of hanging (the
+#: critical sections are a handful of vector ops; only a stopped process could hold it so long)
+SUPERVISOR_LOCK_TIMEOUT = 60.0
+
+
+class HubLock:
+    """An exclusive lock between processes that a dead holder cannot keep.
+
+    ``flock`` on a lock file: the kernel drops a process's lock when the process ends, however
+    it ends (SIGKILL included), so there is no window - between acquiring and recording an
+    owner, or between clearing it and releasing - in which a killed holder leaves it taken; the
+    next acquirer then repairs what the dead holder left half-written (:meth:`LocalHub.locked`).
+    Acquires can be timed. Picklable (by path); each process opens the file once (one open file
+    description per process: holders are processes, as in the protocol; not for threads).
+    """
+
+    def __init__(self):
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, self.path = tempfile.mkstemp(prefix="qa3c-hub-", suffix=".lock", dir=folder)
+        os.close(fd)
+        self._fd, self._pid = None, None
+        self._cleanup = weakref.finalize(self, _unlink, self.path)
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.path = state["path"]
+        self._fd, self._pid, self._cleanup = None, None, None
+
+    def _handle(self) -> int:
+        if self._pid != os.getpid():  # first use in this process
+            self._fd, self._pid = os.open(self.path, os.O_RDWR | os.O_CLOEXEC), os.getpid()
+        return self._fd
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock; False if it stayed taken for ``timeout`` s (None: wait as needed)."""
+        fd = self._handle()
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return True
+        deadline, pause = time.monotonic() + timeout, 1e-4
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
+
+    def release(self) -> None:
+        fcntl.flock(self._handle(), fcntl.LOCK_UN)
+
+    def remove(self) -> None:
+        """Delete the lock file (the supervisor, once no process uses it)."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class LocalHub:
     """The processes' view of the global model (picklable; shared tensors and mp primitives).
 
-    The counters are raw shared memory guarded by ``lock`` (not mp.Value/Event, whose hidden
-    locks a killed process could leave held).
+    The counters are raw shared memory guarded by ``lock`` (a :class:`HubLock`; not
+    mp.Value/Event, whose hidden locks a killed process could leave held). Every counter a
+    process writes is written with one store, so a process killed anywhere leaves them
+    consistent: the episodes claimed are ``counters[BASE]`` (claims of ended processes, fixed
+    by the supervisor) plus ``claims[rank]`` (each current process's own claims).
     """
 
     def __init__(
@@ -54,36 +133,61 @@ class LocalHub:
         n_workers: int = 1,
     ):
         self.adam = adam
-        self.lock = ctx.Lock()
-        self.owner = ctx.RawValue("i", FREE)
-        self.counters = ctx.RawArray("q", [done, env_steps, nonfinite])
+        self.lock = HubLock()
+        self.owner = ctx.RawValue("i", FREE)  # pid of the holder (diagnostics and recovery)
+        self.counters = ctx.RawArray("q", [done, env_steps, nonfinite, 0])
         self.claims = ctx.RawArray("q", n_workers)  # claimed by the current process of a rank
         self.stop_flag = ctx.RawValue("b", 0)
         self.supervisor_pid = os.getpid()
         self.budget = budget
         self.rank = None
         self.conn = None
+        self.recovered: list[str] = []  # what this process repaired (the supervisor logs it)
 
     def for_worker(self, rank: int, conn) -> LocalHub:
         hub = copy.copy(self)
         hub.rank, hub.conn = rank, conn
+        hub.recovered = []
         return hub
 
     @contextmanager
-    def locked(self):
-        with self.lock:
-            self.owner.value = SUPERVISOR if self.rank is None else self.rank
+    def locked(self, timeout: float | None = None):
+        """Hold the hub lock; first repair what a holder killed inside it left behind."""
+        if not self.lock.acquire(timeout):
+            raise TimeoutError(
+                f"the hub lock stayed taken for {timeout:g} s (holder pid {self.owner.value}, "
+                "alive but not releasing it: stopped?)"
+            )
+        try:
+            dead = self.owner.value  # still set: its holder died inside (the kernel released)
+            self.owner.value = os.getpid()
+            if dead != FREE or self.adam.in_progress():
+                self._repair(dead)
             try:
                 yield
             finally:
                 self.owner.value = FREE
+        finally:
+            self.lock.release()
+
+    def _repair(self, dead: int) -> None:
+        what = self.adam.recover()
+        self.counters[RECOVERIES] += 1
+        holder = f"pid {dead}" if dead != FREE else "a process"
+        self.recovered.append(
+            f"hub lock: {holder} died holding it; " + (what or "the shared state was consistent")
+        )
+
+    def claimed(self) -> int:
+        return self.counters[BASE] + sum(self.claims)
 
     def claim_episode(self) -> bool:
         with self.locked():
-            if self.counters[CLAIMED] >= self.budget:
+            if self.claimed() >= self.budget:
                 return False
-            self.counters[CLAIMED] += 1
-            if self.rank is not None:
+            if self.rank is None:
+                self.counters[BASE] += 1
+            else:
                 self.claims[self.rank] += 1
             return True
 
@@ -184,8 +288,8 @@ class LocalRunner(Runner):
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         send.close()  # only the worker holds the write end: EOF once it is gone
-        with self.hub.locked():
-            self.hub.claims[slot.rank] = 0
+        with self.hub.locked(SUPERVISOR_LOCK_TIMEOUT):
+            self.hub.claims[slot.rank] = 0  # (already 0: reset when its predecessor ended)
         self.procs[slot.rank] = _Process(proc, recv)
         return proc.pid
 
@@ -243,24 +347,30 @@ class LocalRunner(Runner):
     def _handle_exit(self, slot: Slot, p: _Process) -> list:
         code = p.proc.exitcode
         hub = self.hub
-        with hub.locked() if hub.owner.value != slot.rank else _released(hub):
-            # episodes this process claimed but never reported go back to the budget
+        with hub.locked(SUPERVISOR_LOCK_TIMEOUT):
+            # its reported episodes join the base; those it claimed but never reported go back
+            # to the budget (the process is gone: nothing else writes its claims any more)
             lost = hub.claims[slot.rank] - p.received
-            if lost > 0:
-                hub.counters[CLAIMED] -= lost
+            hub.counters[BASE] += p.received
             hub.claims[slot.rank] = 0
+        out = self._recovery_events()
         if code == 0 and p.error is None:
-            return self._after_exit(slot, None, False, lost)
+            return out + self._after_exit(slot, None, False, lost)
         if p.error is not None:
             tb = p.error["traceback"]
         else:
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             tb = f"worker {slot.rank} (pid {p.proc.pid}) died: {how}\n"
         fatal = bool(p.error and p.error.get("fatal"))
-        return self._after_exit(slot, tb, fatal, lost)
+        return out + self._after_exit(slot, tb, fatal, lost)
+
+    def _recovery_events(self) -> list:
+        out = [Event(text) for text in self.hub.recovered]
+        self.hub.recovered.clear()
+        return out
 
     def sync(self) -> RunState:
-        with self.hub.locked():
+        with self.hub.locked(SUPERVISOR_LOCK_TIMEOUT):
             self.state.flat = self.hub.adam.params.clone()
             self.state.adam = self.hub.adam.state_dict()
             self.state.env_steps = int(self.hub.counters[ENV_STEPS])
@@ -287,20 +397,9 @@ class LocalRunner(Runner):
             if p.is_alive():
                 p.kill()
                 p.join(2)
-        # a process terminated inside the critical section leaves the lock held: every process
-        # is gone now, so a lock still taken is stale
+        # a process terminated inside the critical section released the lock as it died (the
+        # kernel's flock): repair what it left half-written now, before the final sync
         if procs:
-            if not self.hub.lock.acquire(timeout=1):
-                self.hub.owner.value = FREE
-            self.hub.lock.release()
-
-
-@contextmanager
-def _released(hub: LocalHub):
-    """The hub lock is held by a dead process: take it over, then release it."""
-    hub.owner.value = SUPERVISOR
-    try:
-        yield
-    finally:
-        hub.owner.value = FREE
-        hub.lock.release()
+            with self.hub.locked(SUPERVISOR_LOCK_TIMEOUT):
+                pass
+            self._pending += self._recovery_events()
