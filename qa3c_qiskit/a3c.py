@@ -129,13 +129,31 @@ class Segment:
     terminated: bool
 
 
+class SegmentGradients(tuple):
+    """``(gradients, losses)``, as :func:`segment_gradients` always returned, plus ``stats``:
+    per-segment loss terms ``{"policy", "value", "entropy"}`` (tensors [J], detached).
+
+    ``policy`` = reduced ``-log pi(a|s) (R - V).detach()``, ``value`` = reduced ``(R - V)^2``
+    (reduced like the loss: mean or sum over the segment's steps), ``entropy`` = the mean
+    policy entropy over the segment's states (computed even when ``entropy_coef`` is 0).
+    """
+
+    stats: dict
+
+    def __new__(cls, grads: torch.Tensor, losses: torch.Tensor, stats: dict):
+        obj = super().__new__(cls, (grads, losses))
+        obj.stats = stats
+        return obj
+
+
 def segment_gradients(
     model: ActorCritic, thetas: torch.Tensor, segments: list[Segment], settings: A3CSettings
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each segment's own loss gradient at its own parameters, in one batched pass.
 
     ``thetas`` [J, n_params]: segment ``j``'s parameters. Returns (gradients [J, n_params],
-    losses [J]). Every sample is evaluated with its segment's row of a per-segment copy of
+    losses [J]) as a :class:`SegmentGradients` (a 2-tuple with the per-segment loss terms in
+    ``.stats``). Every sample is evaluated with its segment's row of a per-segment copy of
     ``thetas``, so the backward pass of the summed losses leaves in row ``j`` the gradient of
     segment ``j``'s loss alone (its loss does not depend on the other rows).
     """
@@ -166,7 +184,23 @@ def segment_gradients(
     if settings.loss_reduction == "mean":
         losses = losses / lens
     losses.sum().backward()
-    return theta.grad, losses.detach()
+    with torch.no_grad():  # the loss terms for logging: a few vector ops on [n] tensors
+        td = returns - values[:n]
+        log_probs = torch.log_softmax(logits, dim=-1)
+        chosen = log_probs.gather(1, actions[:, None]).squeeze(1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+
+        def per_seg(x, mean):
+            out = torch.zeros(n_seg, dtype=x.dtype).index_add(0, seg_of_step, x)
+            return out / lens if mean else out
+
+        mean = settings.loss_reduction == "mean"
+        stats = {
+            "policy": per_seg(-chosen * td, mean),
+            "value": per_seg(td.square(), mean),
+            "entropy": per_seg(entropy, True),
+        }
+    return SegmentGradients(theta.grad, losses.detach(), stats)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -192,12 +226,55 @@ class Learner:
     buf_obs: list = field(default_factory=list)
     buf_act: list = field(default_factory=list)
     buf_rew: list = field(default_factory=list)
+    #: sums over the current episode's updates: policy, value, entropy, grad_norm (+ count)
+    upd_sums: list = field(default_factory=lambda: [0.0] * 4)
+    upd_count: int = 0
 
     def start_episode(self) -> None:
         obs_np, _ = self.env.reset(seed=self.seed if self.first_reset else None)
         self.first_reset = False
         self.obs = torch.from_numpy(obs_np)
         self.ep_return, self.ep_len = 0.0, 0
+        self.upd_sums, self.upd_count = [0.0] * 4, 0
+
+    def update_stats(self) -> dict:
+        """The episode's update statistics for its record: means over its updates."""
+        out: dict = {"updates": self.upd_count}
+        if self.upd_count:
+            for key, total in zip(UPDATE_STATS, self.upd_sums):
+                out[key] = total / self.upd_count
+        return out
+
+
+#: Keys of the per-episode means of the update statistics in an episode record.
+UPDATE_STATS = ("loss_policy", "loss_value", "entropy", "grad_norm")
+#: Keys of the process's cumulative estimator counters (Qiskit backends only).
+QUANTUM_COUNTERS = ("calls", "pubs", "circuits")
+
+
+def quantum_counters(model) -> dict:
+    """The process's cumulative primitive counters ``{"q_calls", "q_pubs", "q_circuits"}``
+    (and ``"q_shots"`` when the profile's shot count is known) summed over the model's built
+    Qiskit layers; ``{}`` on the statevector engine and the classical twin."""
+    counters = []
+    for net in (getattr(model, "actor", None), getattr(model, "critic", None)):
+        core = getattr(net, "core", None)
+        if core is None or getattr(core, "_built", None) is None:  # never build one here
+            continue
+        try:
+            c = core.counter
+        except Exception:  # noqa: BLE001 - a core without counters
+            continue
+        if c is not None and all(hasattr(c, k) for k in QUANTUM_COUNTERS):
+            if all(c is not other for other in counters):
+                counters.append(c)
+    if not counters:
+        return {}
+    out = {f"q_{k}": sum(int(getattr(c, k)) for c in counters) for k in QUANTUM_COUNTERS}
+    shots = getattr(model, "shots_per_circuit", None)
+    if shots:
+        out["q_shots"] = out["q_circuits"] * int(shots)
+    return out
 
 
 def run_learners(
@@ -214,6 +291,13 @@ def run_learners(
     limit_blas_threads(1)  # numpy's BLAS too (the statevector engine's fast path)
     gen = seed_everything(learners[0][1])
     model = ActorCritic(spec)
+    if spec.model == "quantum":  # shots per circuit for the records' q_shots (None: exact)
+        try:
+            from .backends import resolve
+
+            model.shots_per_circuit = resolve(spec.backend, spec.shots, spec.n_qubits).shots
+        except Exception:  # noqa: BLE001 - only a logging detail
+            model.shots_per_circuit = None
     hub.pull(model.flat)
     thetas = model.flat.detach().repeat(len(learners), 1)  # row l: learner l's theta'
     group = []
@@ -283,6 +367,7 @@ def _loop(rank, group, thetas, model, settings, hub) -> None:
             env_steps = hub.add_steps(sum(len(seg.obs) for _, seg in closed))
         if finished:
             now = time.time()
+            counters = quantum_counters(model)
             hub.episodes_done(
                 [
                     {
@@ -292,6 +377,8 @@ def _loop(rank, group, thetas, model, settings, hub) -> None:
                         "length": learner.ep_len,
                         "time": now,
                         "env_steps": env_steps,
+                        **learner.update_stats(),
+                        **counters,
                     }
                     for learner in finished
                 ]
@@ -309,8 +396,14 @@ def _loop(rank, group, thetas, model, settings, hub) -> None:
 def _update(model, thetas, closed, settings, hub) -> None:
     """Each closed learner's own gradient, then per learner: one shared-Adam step + its pull."""
     slots = [learner.slot for learner, _ in closed]
-    grads, losses = segment_gradients(model, thetas[slots], [seg for _, seg in closed], settings)
+    result = segment_gradients(model, thetas[slots], [seg for _, seg in closed], settings)
+    grads, losses = result
     finite = (torch.isfinite(grads).all(1) & torch.isfinite(losses)).tolist()
+    stats = getattr(result, "stats", None)
+    if stats is not None:  # one [J, 4] table, one .tolist(): cheap next to the update itself
+        rows = torch.stack(
+            [stats["policy"], stats["value"], stats["entropy"], grads.norm(dim=1)], 1
+        ).tolist()
     for j, slot in enumerate(slots):
         grad = grads[j]
         if not finite[j]:
@@ -319,4 +412,9 @@ def _update(model, thetas, closed, settings, hub) -> None:
             hub.nonfinite()
             hub.pull(thetas[slot])
             continue
+        if stats is not None:
+            learner = closed[j][0]
+            sums = getattr(learner, "upd_sums", None) or [0.0] * len(rows[j])
+            learner.upd_sums = [a + b for a, b in zip(sums, rows[j])]
+            learner.upd_count = getattr(learner, "upd_count", 0) + 1
         hub.push_pull(grad, thetas[slot])

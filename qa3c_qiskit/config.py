@@ -81,6 +81,18 @@ class TrainConfig:
         None, "resume the run in this directory (other options must match its config)"
     )
     quiet: bool = _opt(False, "no live display; print a progress line every few seconds instead")
+    tensorboard: bool = _opt(
+        False,
+        "also write TensorBoard event files to RUN/tensorboard/ (step = global episode index; "
+        "needs the 'tensorboard' extra: pip install 'qa3c-qiskit[tensorboard]')",
+    )
+    eval_every: int = _opt(
+        0,
+        "every N finished episodes, evaluate the global parameters (greedy and sampled policy) on "
+        "separately seeded envs in a background thread; log RUN/eval.csv, keep RUN/best_model.pt "
+        "(0: off)",
+    )
+    eval_episodes: int = _opt(10, "episodes per policy (greedy, sampled) of each --eval-every run")
 
     def to_dict(self) -> dict:
         return asdict(self)
