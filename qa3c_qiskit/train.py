@@ -340,11 +340,26 @@ def train(cfg: TrainConfig, show_table: bool = True) -> Path:
 class _Supervisor:
     """The trainer's side of a run: messages in, metrics rows, checkpoints, events, display."""
 
-    def __init__(self, run: PreparedRun, runner, writer: MetricsWriter, prog: Progress):
+    def __init__(
+        self,
+        run: PreparedRun,
+        runner,
+        writer: MetricsWriter,
+        prog: Progress,
+        tb=None,
+        evaluator=None,
+    ):
         self.run, self.runner, self.writer, self.prog = run, runner, writer, prog
+        self.tb, self.evaluator = tb, evaluator  # --tensorboard, --eval-every (or None)
         self.t0 = time.time()
         self.wall0 = run.state.wall_time_s
         self.error: Failure | None = None
+
+    def global_state_dict(self) -> dict:
+        """A detached copy of the current global parameters as a model state dict."""
+        model = self.run.model
+        model.flat.copy_(self.runner.sync().flat)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def save(self, final: bool = False) -> None:
         run = self.run
@@ -364,8 +379,14 @@ class _Supervisor:
                 {**rec, "episode": done, "wall_time": round(self.wall0 + rec["time"] - self.t0, 4)}
             )
             self.prog.episode(rec["return"], rec["env_steps"])
+            if self.tb is not None:
+                self.tb.episode(done, rec)
             if done % cfg.checkpoint_every == 0 and done < cfg.episodes:
                 self.save()
+            if self.evaluator is not None:
+                self.evaluator.maybe_start(
+                    done, self.global_state_dict, self.wall0 + time.time() - self.t0
+                )
         elif isinstance(msg, Restart):
             events(msg.text() + "\n" + msg.traceback.rstrip())
             self.prog.event(msg.text())
@@ -386,9 +407,13 @@ def supervise(run: PreparedRun) -> dict:
 
     Raises TrainingInterrupted after SIGINT/SIGTERM, WorkerFailed when a worker fails for good.
     """
+    from .periodic_eval import PeriodicEvaluator, config_problems
     from .runners import make_runner
 
     cfg, state = run.cfg, run.state
+    problems = config_problems(cfg)  # (normally caught by validate() already)
+    if problems:
+        raise ValueError("; ".join(problems))
     runner = make_runner(
         cfg.runner, run_plan(cfg, run.spec, state.resume_count), state, address=cfg.address
     )
@@ -412,11 +437,26 @@ def supervise(run: PreparedRun) -> dict:
         old_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     writer = MetricsWriter(run.run_dir / "metrics.csv")
     events = run.events
+    tb = evaluator = None
+    if cfg.tensorboard:
+        from .tensorboard import TensorBoardLogger
+
+        # resuming: hide the previous session's events of the episodes re-run after the checkpoint
+        tb = TensorBoardLogger(run.run_dir, None if run.fresh else state.episodes_done + 1)
+    if cfg.eval_every > 0:
+        evaluator = PeriodicEvaluator(
+            run.run_dir,
+            run.spec,
+            cfg,
+            {"spec": run.spec.__dict__, "config": cfg.to_dict()},
+            tb=tb,
+            events=events,
+        )
     try:
         for s in old_handlers:
             signal.signal(s, on_signal)
         with Progress(title, cfg.episodes, done=state.episodes_done, quiet=cfg.quiet) as prog:
-            sup = _Supervisor(run, runner, writer, prog)
+            sup = _Supervisor(run, runner, writer, prog, tb=tb, evaluator=evaluator)
             if run.fresh:
                 sup.save()  # episode 0: even a run killed before its first checkpoint can resume
             runner.start()
@@ -427,6 +467,8 @@ def supervise(run: PreparedRun) -> dict:
                     sup.handle(msg)
                 if msgs:
                     writer.fh.flush()  # rows visible promptly (fsync'd at each checkpoint)
+                if evaluator is not None:
+                    evaluator.poll()  # finished evaluations: eval.csv, TensorBoard, best model
                 if signalled and not shown_stop:
                     shown_stop = time.monotonic()
                     name = signal.Signals(signalled[0]).name
@@ -441,9 +483,13 @@ def supervise(run: PreparedRun) -> dict:
         runner.close()
         sup.save(final=not signalled and sup.error is None)
         events(f"checkpoint at episode {state.episodes_done}")
+        if evaluator is not None:  # the last evaluation's result belongs to this run
+            evaluator.finish(wait=True)
     except _ForcedExit:
         runner.close(timeout=0)
         writer.close()
+        if evaluator is not None:
+            evaluator.finish(wait=False)
         events(f"forced exit at episode {state.episodes_done} (last checkpoint kept)")
         raise TrainingInterrupted(
             signalled[0], run.run_dir, state.episodes_done, forced=True
@@ -453,6 +499,10 @@ def supervise(run: PreparedRun) -> dict:
             signal.signal(s, h)
         runner.close(timeout=2)
         writer.close()
+        if evaluator is not None:
+            evaluator.finish(wait=False)
+        if tb is not None:
+            tb.close()
     run.model.flat.copy_(state.flat)
     save_atomic(
         {"model": run.model.state_dict(), "spec": run.spec.__dict__, "config": cfg.to_dict()},
@@ -493,6 +543,7 @@ def _summary(run: PreparedRun, sup: _Supervisor, steps0: int, signalled) -> dict
         "worker_restarts": state.restarts,
         "resumes": state.resume_count,
         "status": "interrupted" if signalled else "failed" if sup.error else "complete",
+        **(sup.evaluator.summary() if sup.evaluator is not None else {}),
     }
 
 
