@@ -483,8 +483,8 @@ def supervise(run: PreparedRun) -> dict:
         runner.close()
         sup.save(final=not signalled and sup.error is None)
         events(f"checkpoint at episode {state.episodes_done}")
-        if evaluator is not None:  # the last evaluation's result belongs to this run
-            evaluator.finish(wait=True)
+        if evaluator is not None:  # the last evaluation's result belongs to this run (unless
+            evaluator.finish(wait=not signalled)  # stopping by signal: then do not wait for it)
     except _ForcedExit:
         runner.close(timeout=0)
         writer.close()
