@@ -60,7 +60,7 @@ def test_eval_writes_rows_and_a_best_model_evaluate_loads(tmp_path, capsys):
 
 
 def test_resume_continues_eval_and_keeps_the_best(tmp_path):
-    cfg = _cfg(tmp_path, episodes=10, checkpoint_every=5)
+    cfg = _cfg(tmp_path, episodes=10, checkpoint_every=5, tensorboard=True)
     run = train(cfg, show_table=False)
     first = read_eval_rows(run)
     best_before = max(r["greedy_mean"] for r in first)
@@ -72,6 +72,14 @@ def test_resume_continues_eval_and_keeps_the_best(tmp_path):
     assert rows[: len(first)] == first and len(rows) > len(first)
     assert max(r["greedy_mean"] for r in rows) >= best_before
     assert all(r["episode"] > 10 for r in rows[len(first) :])
+    # TensorBoard: the resumed session appends to the run's event directory, same step axis
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("charts/episodic_return")]
+    assert steps == list(range(1, 26))
+    assert [e.step for e in acc.Scalars("eval/greedy_return")] == [r["episode"] for r in rows]
 
 
 def test_eval_off_by_default_writes_nothing(tmp_path):
