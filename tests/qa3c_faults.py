@@ -100,6 +100,9 @@ class Truncating(gym.Env):
     observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float64)
     action_space = gym.spaces.Discrete(2)
 
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self.state = self.np_random.normal(size=4)

@@ -169,6 +169,10 @@ class LocalHub:
                 self.owner.value = FREE
         finally:
             self.lock.release()
+        if self.recovered and self.conn is not None:  # a worker: tell the supervisor (unlocked)
+            for text in self.recovered:
+                self.conn.send(("event", text))
+            self.recovered.clear()
 
     def _repair(self, dead: int) -> None:
         what = self.adam.recover()
@@ -317,6 +321,8 @@ class LocalRunner(Runner):
                 p.error = payload
             elif kind == "ready":
                 p.ready = True
+            elif kind == "event":
+                out.append(Event(payload))
 
     def poll(self, timeout: float = 0.2) -> list:
         out, self._pending = self._pending, []
