@@ -59,6 +59,19 @@ def config_problems(cfg) -> list[str]:
         out.append(f"--eval-every must be >= 0 (0: off), got {every}")
     if every and episodes <= 0:
         out.append(f"--eval-episodes must be > 0, got {episodes}")
+    if every > 0 and getattr(cfg, "model", "") == "quantum":
+        from .backends.registry import is_local, load_profile
+
+        try:
+            profile = load_profile(cfg.backend)
+        except Exception:  # noqa: BLE001 - validate() reports an unknown or broken profile
+            profile = None
+        if profile is not None and profile.kind == "ibm_runtime" and not is_local(profile):
+            out.append(
+                "--eval-every on an IBM Quantum backend would run the evaluation episodes on the "
+                "QPU too; evaluate the saved model afterwards instead "
+                "(python -m qa3c_qiskit.evaluate RUN --backend ...)"
+            )
     if getattr(cfg, "tensorboard", False):
         from .tensorboard import summary_writer_class
 

@@ -152,3 +152,16 @@ def test_missing_tensorboard_is_a_one_line_error_naming_the_extra(tmp_path, monk
     problems = config_problems(TrainConfig(tensorboard=True))
     assert len(problems) == 1 and "qa3c-qiskit[tensorboard]" in problems[0]
     assert config_problems(TrainConfig()) == []
+
+
+def test_eval_options_checked():
+    from qa3c_qiskit.periodic_eval import config_problems
+
+    assert config_problems(TrainConfig(eval_every=5, eval_episodes=3)) == []
+    assert "--eval-every" in config_problems(TrainConfig(eval_every=-1))[0]
+    assert "--eval-episodes" in config_problems(TrainConfig(eval_every=5, eval_episodes=0))[0]
+    # never evaluate on a paid QPU behind the user's back
+    (problem,) = config_problems(TrainConfig(eval_every=5, backend="ibm_runtime"))
+    assert "QPU" in problem
+    # local testing mode (fake backend) costs nothing
+    assert config_problems(TrainConfig(eval_every=5, backend="ibm_runtime_local")) == []
