@@ -467,8 +467,13 @@ def supervise(run: PreparedRun) -> dict:
                     sup.handle(msg)
                 if msgs:
                     writer.fh.flush()  # rows visible promptly (fsync'd at each checkpoint)
-                if evaluator is not None:
-                    evaluator.poll()  # finished evaluations: eval.csv, TensorBoard, best model
+                if evaluator is not None:  # finished evaluations: eval.csv, TensorBoard, best model
+                    for res in evaluator.poll():
+                        prog.event(
+                            f"eval @ episode {res['episode']}: greedy {res['greedy_mean']:.2f} "
+                            f"± {res['greedy_std']:.2f}, sampled {res['sampled_mean']:.2f} "
+                            f"± {res['sampled_std']:.2f} (best greedy {evaluator.best:.2f})"
+                        )
                 if signalled and not shown_stop:
                     shown_stop = time.monotonic()
                     name = signal.Signals(signalled[0]).name
