@@ -100,7 +100,8 @@ class HubLock:
         fcntl.flock(self._handle(), fcntl.LOCK_UN)
 
     def remove(self) -> None:
-        """Delete the lock file (the supervisor, once no process uses it)."""
+        """Delete the lock file (the supervisor, once no other process will open it)."""
+        self._handle()  # keep an open descriptor: this process can still lock
         if self._cleanup is not None:
             self._cleanup()
 
@@ -409,3 +410,6 @@ class LocalRunner(Runner):
             with self.hub.locked(SUPERVISOR_LOCK_TIMEOUT):
                 pass
             self._pending += self._recovery_events()
+        # no process will open the lock file again; this process keeps its open descriptor,
+        # so a later sync() still locks
+        self.hub.lock.remove()
