@@ -7,8 +7,10 @@ observables, precision), built inside the worker process that runs the layer.
 * ``torch_density``: the same device noise on the in-package density-matrix engine
   (:mod:`qa3c_qiskit.backends.density`);
 * ``aer_device``: the fake device's noise model *and* coupling map (transpiled and routed);
-* ``ibm_runtime``: one IBM Runtime ``Session`` per worker process, shared by its actor and
-  critic layers, closed when the last layer using it is closed (or at exit).
+* ``ibm_runtime``: per worker process one IBM Runtime ``Session`` (or ``Batch``, or none in
+  ``job`` mode) on the backend ``[runtime] backends[rank % n]`` (:func:`set_worker_rank`),
+  shared by its actor and critic layers, closed when the last layer using it is closed, by
+  :func:`close_all` (SIGTERM handlers) or at exit. :func:`qpu_usage` meters the process's use.
 
 Set ``$QA3C_SESSION_LOG`` to a file to get a JSON line per session opened or closed.
 """
@@ -22,13 +24,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from qiskit.circuit import QuantumCircuit
 from qiskit.primitives import BaseEstimatorV2
 
 from . import noise
 from .estimators import AerShotEstimator
-from .registry import SESSION_LOG_ENV, Profile
+from .registry import SESSION_LOG_ENV, Profile, backend_for_rank, is_local
 
 
 @dataclass
@@ -142,76 +145,248 @@ def aer_device_execution(p: Profile, vqc, seed: int) -> Execution:
 
 
 # --------------------------------------------------------------------------------------------
-# IBM Runtime: one Session per worker process, shared by its actor and critic layers
+# IBM Runtime: one Session (or Batch) per (process, backend), shared by its layers
 # --------------------------------------------------------------------------------------------
-_SESSIONS: dict[str, list] = {}  # profile name -> [session, backend, refcount]
+#: (profile name, backend name) -> [mode object (Session | Batch | None for job mode), backend,
+#: refcount]
+_SESSIONS: dict[tuple[str, str], list] = {}
+#: jobs submitted and not yet finished (cancelled by :func:`close_all`)
+_IN_FLIGHT: set = set()
+#: this process's QPU usage: seconds measured by Runtime, estimated (where Runtime reported
+#: none), jobs and circuits
+_USAGE = {"measured_s": 0.0, "estimated_s": 0.0, "jobs": 0, "circuits": 0, "shots": 0}
+RANK_ENV = "QA3C_WORKER_RANK"
+_RANK: list[int | None] = [None]
 
 
-def _runtime_estimator(session):
+def set_worker_rank(rank: int) -> None:
+    """Tell the backends which worker process this is (``[runtime] backends`` picks
+    ``backends[rank % len]``). Call once in each worker before its model is built; the
+    ``$QA3C_WORKER_RANK`` environment variable is the fallback, else rank 0."""
+    _RANK[0] = int(rank)
+
+
+def worker_rank() -> int:
+    if _RANK[0] is not None:
+        return _RANK[0]
+    return int(os.environ.get(RANK_ENV, "0") or 0)
+
+
+def runtime_backend(p: Profile, rank: int | None = None, n_qubits: int = 8):
+    """The backend object of worker ``rank`` (in local testing mode the fake backend, a window of
+    it on a large device: :func:`~qa3c_qiskit.backends.noise.fake_backend_window`; otherwise
+    ``QiskitRuntimeService(...).backend(name)``: network)."""
+    name = backend_for_rank(p, worker_rank() if rank is None else rank)
+    if is_local(p):
+        return noise.fake_backend_window(name, n_qubits)
+    from qiskit_ibm_runtime import QiskitRuntimeService
+
+    kw = {k: p.runtime[k] for k in ("channel", "instance") if p.runtime.get(k)}
+    return QiskitRuntimeService(**kw).backend(name)
+
+
+def device_circuit(p: Profile, backend, circuit: QuantumCircuit) -> QuantumCircuit:
+    """``circuit`` transpiled (laid out and routed) for ``backend`` as the Runtime path runs it;
+    ``circuit.metadata["layout"]``: the physical qubit of every logical one."""
+    from qiskit.transpiler import generate_preset_pass_manager
+
+    pm = generate_preset_pass_manager(
+        backend=backend, optimization_level=p.optimization_level, seed_transpiler=p.seed or 0
+    )
+    out = pm.run(circuit)
+    layout = list(out.layout.final_index_layout())
+    out.metadata = {**(out.metadata or {}), "layout": layout, "device": backend.name}
+    return out
+
+
+def runtime_options(p: Profile) -> dict:
+    """The profile's Runtime options as an ``EstimatorOptions`` dict (recorded in config.json
+    through the profile; passed to the estimator)."""
+    rt = p.runtime
+    opts: dict = {}
+    if p.shots:
+        opts["default_shots"] = p.shots
+    if rt.get("precision"):
+        opts["default_precision"] = float(rt["precision"])
+    if "resilience_level" in rt:
+        opts["resilience_level"] = rt["resilience_level"]
+    if "max_execution_time" in rt:
+        opts["max_execution_time"] = rt["max_execution_time"]
+    if rt.get("dynamical_decoupling") or rt.get("dd_sequence"):
+        opts["dynamical_decoupling"] = {
+            "enable": True,
+            "sequence_type": rt.get("dd_sequence", "XX"),
+        }
+    twirl = {k: rt[f"twirling_{k}"] for k in ("gates", "measure") if f"twirling_{k}" in rt}
+    if twirl:
+        opts["twirling"] = {f"enable_{k}": v for k, v in twirl.items()}
+    return opts
+
+
+def _open_mode(p: Profile, backend):
+    """The execution mode object: a Session, a Batch, or None (job mode: the backend itself)."""
+    mode = p.runtime.get("mode", "session")
+    if mode == "job":
+        return None
+    from qiskit_ibm_runtime import Batch, Session
+
+    kw = {"max_time": p.runtime["session_max_time"]} if "session_max_time" in p.runtime else {}
+    return (Session if mode == "session" else Batch)(backend=backend, **kw)
+
+
+def _runtime_estimator(mode, options: dict):
     """The runtime's EstimatorV2 implementation: the client-side ``executor_estimator.Estimator``
     where it exists (qiskit-ibm-runtime >= 0.50 deprecates the legacy ``EstimatorV2``)."""
     try:
         from qiskit_ibm_runtime.executor_estimator import Estimator
     except ImportError:  # older qiskit-ibm-runtime
         from qiskit_ibm_runtime import EstimatorV2 as Estimator
-    return Estimator(mode=session)
+    return Estimator(mode=mode, options=options)
+
+
+class RuntimeEstimator(BaseEstimatorV2):
+    """The Runtime estimator of one layer, plus what a long run on a QPU needs: jobs tracked
+    while in flight (cancelled by :func:`close_all`), usage metered per process
+    (:func:`qpu_usage`: Runtime's reported QPU seconds where it has them, else the estimate from
+    :mod:`~qa3c_qiskit.backends.timing`), and in local testing mode a fresh simulator seed per
+    call (drawn from the layer's seed: shot noise differs between calls and workers)."""
+
+    def __init__(self, inner, backend, circuit: QuantumCircuit, shots: int, seed: int, local):
+        from . import timing
+
+        self.inner = inner
+        self.local = local
+        self._rng = np.random.default_rng(seed)
+        self.seconds_per_shot = timing.rep_delay(backend) + timing.circuit_duration(
+            circuit, backend
+        )
+        self.shots = shots
+
+    @property
+    def options(self):
+        return self.inner.options
+
+    def run(self, pubs, *, precision=None):
+        from qiskit.primitives.containers.estimator_pub import EstimatorPub
+
+        pubs = list(pubs)
+        if self.local:
+            self.inner.options.simulator.seed_simulator = int(self._rng.integers(2**31))
+        job = self.inner.run(pubs, precision=precision)
+        _IN_FLIGHT.add(job)
+        shots = self.shots if not precision else math.ceil(1 / precision**2)
+        circuits = sum(int(EstimatorPub.coerce(pub).parameter_values.size or 1) for pub in pubs)
+        try:
+            job.result()  # the caller waits for it anyway; cancellable meanwhile
+        finally:
+            _IN_FLIGHT.discard(job)
+        _meter(job, circuits, shots, circuits * shots * self.seconds_per_shot)
+        return job
+
+
+def _meter(job, circuits: int, shots: int, estimate_s: float) -> None:
+    measured = None
+    if hasattr(job, "usage") and not isinstance(job, type):
+        try:
+            measured = job.usage()  # Runtime's qpu_charge_time_seconds (real jobs only)
+        except Exception:  # noqa: BLE001 - local jobs, or metadata not ready: estimate
+            measured = None
+    if measured:
+        _USAGE["measured_s"] += float(measured)
+    else:
+        _USAGE["estimated_s"] += estimate_s
+    _USAGE["jobs"] += 1
+    _USAGE["circuits"] += circuits
+    _USAGE["shots"] += circuits * shots
+
+
+def qpu_usage() -> dict:
+    """This process's QPU usage so far: ``{"qpu_seconds", "measured_s", "estimated_s", "jobs",
+    "circuits", "shots"}`` (``qpu_seconds`` = measured + estimated; Runtime's reported usage
+    where it has it, the timing estimate for every job it reported none for)."""
+    return {"qpu_seconds": _USAGE["measured_s"] + _USAGE["estimated_s"], **_USAGE}
+
+
+def reset_qpu_usage() -> None:
+    for k in _USAGE:
+        _USAGE[k] = 0 if k in ("jobs", "circuits", "shots") else 0.0
 
 
 def runtime_execution(p: Profile, vqc, seed: int) -> Execution:
-    from qiskit.transpiler import generate_preset_pass_manager
-    from qiskit_ibm_runtime import Session
+    from . import timing
 
-    entry = _SESSIONS.get(p.name)
-    if entry is None:
-        rt = p.runtime
-        if rt.get("fake_backend"):
-            backend = noise.fake_backend(rt["fake_backend"])  # local testing mode
-        else:
-            from qiskit_ibm_runtime import QiskitRuntimeService
-
-            kw = {k: rt[k] for k in ("channel", "instance") if rt.get(k)}
-            backend = QiskitRuntimeService(**kw).backend(rt["backend"])
-        session = Session(backend=backend)
-        entry = _SESSIONS[p.name] = [session, backend, 0]
-        _journal("open", p, session)
-    session, backend, _ = entry
-    entry[2] += 1
-    pm = generate_preset_pass_manager(
-        backend=backend, optimization_level=p.optimization_level, seed_transpiler=p.seed or 0
-    )
-    circuit = pm.run(vqc.circuit)
-    observables = [o.apply_layout(circuit.layout) for o in vqc.observables]
-    est = _runtime_estimator(session)
-    est.options.default_shots = p.shots
-    if p.runtime.get("fake_backend"):
-        est.options.simulator.seed_simulator = seed
-    return Execution(est, circuit, observables, _precision(p), lambda: _release(p))
+    backend = None
+    try:
+        backend = runtime_backend(p, n_qubits=vqc.n_qubits)
+        key = (p.name, backend.name)
+        entry = _SESSIONS.get(key)
+        if entry is None:
+            entry = _SESSIONS[key] = [_open_mode(p, backend), backend, 0]
+            _journal("open", p, entry[0], backend)
+        mode_obj, backend, _ = entry
+        entry[2] += 1
+        circuit = device_circuit(p, backend, vqc.circuit)
+        observables = [o.apply_layout(circuit.layout) for o in vqc.observables]
+        inner = _runtime_estimator(
+            mode_obj if mode_obj is not None else backend, runtime_options(p)
+        )
+        precision = float(p.runtime["precision"]) if p.runtime.get("precision") else _precision(p)
+        shots = timing.shots_for(p.shots, precision)
+        est = RuntimeEstimator(inner, backend, circuit, shots, seed, is_local(p))
+    except BaseException:
+        if backend is not None:
+            _release(p, backend.name)  # a failed build (e.g. transpiling) leaves nothing open
+        raise
+    return Execution(est, circuit, observables, precision, lambda: _release(p, backend.name))
 
 
-def _release(p: Profile) -> None:
-    entry = _SESSIONS.get(p.name)
+def _release(p: Profile, backend_name: str) -> None:
+    entry = _SESSIONS.get((p.name, backend_name))
     if entry is None:
         return
     entry[2] -= 1
     if entry[2] <= 0:
-        _close_session(p)
+        _close_session((p.name, backend_name))
 
 
-def _close_session(p: Profile) -> None:
-    entry = _SESSIONS.pop(p.name, None)
-    if entry is not None:
-        entry[0].close()
-        _journal("close", p, entry[0])
+def _close_session(key: tuple[str, str]) -> None:
+    entry = _SESSIONS.pop(key, None)
+    if entry is not None and entry[0] is not None:
+        try:
+            entry[0].close()
+        finally:
+            _journal("close", Profile(name=key[0], kind="ibm_runtime"), entry[0], entry[1])
+
+
+def close_all(cancel: bool = True) -> dict:
+    """Cancel this process's in-flight Runtime jobs (``cancel``) and close every open Session or
+    Batch. Idempotent, never raises, safe to call from a signal handler or ``finally``; returns
+    ``{"cancelled": n, "closed": m}``. Call it in each worker's SIGTERM handler and ``finally``."""
+    cancelled = closed = 0
+    if cancel:
+        for job in list(_IN_FLIGHT):
+            try:
+                job.cancel()
+                cancelled += 1
+            except Exception:  # noqa: BLE001 - already finished, or not cancellable: move on
+                pass
+            _IN_FLIGHT.discard(job)
+    for key in list(_SESSIONS):
+        try:
+            _close_session(key)
+            closed += 1
+        except Exception:  # noqa: BLE001 - best effort: the next session still gets closed
+            pass
+    return {"cancelled": cancelled, "closed": closed}
 
 
 @atexit.register
 def _close_all_sessions() -> None:
     """Last resort (e.g. an exception outside run_worker's finally): close open sessions."""
-    for name in list(_SESSIONS):
-        _close_session(Profile(name=name, kind="ibm_runtime"))
+    close_all(cancel=True)
 
 
-def _journal(event: str, p: Profile, session) -> None:
+def _journal(event: str, p: Profile, session, backend=None) -> None:
     """Append a session event to ``$QA3C_SESSION_LOG`` (JSON lines), if set."""
     path = os.environ.get(SESSION_LOG_ENV)
     if not path:
@@ -220,10 +395,13 @@ def _journal(event: str, p: Profile, session) -> None:
         "event": event,
         "profile": p.name,
         "pid": os.getpid(),
-        "session_id": session.session_id,
-        "object": f"{os.getpid()}:{id(session):x}",  # local mode has no server-side id
-        "backend": getattr(session, "_backend", None) and session._backend.name,
-        "active": bool(getattr(session, "_active", True)),
+        "mode": type(session).__name__.lower() if session is not None else "job",
+        "session_id": getattr(session, "session_id", None),
+        "object": f"{os.getpid()}:{id(session if session is not None else backend):x}",
+        "backend": backend.name if backend is not None else None,
+        "active": bool(getattr(session, "_active", True))
+        if session is not None
+        else event == "open",
     }
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")

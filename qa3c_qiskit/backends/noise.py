@@ -130,3 +130,58 @@ def logical_gate_errors(device, n_qubits: int, circuit=None) -> dict:
             if a != b and (used is None or (two_q, (a, b)) in used):
                 errors[(two_q, (a, b))] = pair_errors.get((a, b), pair_errors[median])
     return errors
+
+
+def fake_backend_window(name: str, n_qubits: int):
+    """The fake backend ``name`` restricted to its first ``M`` physical qubits, the smallest
+    ``M >= 2 n_qubits`` whose coupling graph is connected (the whole device if that is smaller
+    than 2 n + 8 qubits): same gates, calibrations, durations and noise on those qubits.
+
+    For local testing mode: the Runtime executor simulates every qubit of the backend it is given
+    (and rebuilds the device noise model for every job), which a 127-qubit device makes
+    impossible (or ~5 s per call); a window of it keeps the device family and its timing.
+    """
+    full = fake_backend(name)
+    if full.num_qubits <= 2 * n_qubits + 8:
+        return full
+    cm = full.coupling_map
+    m = min(2 * n_qubits, full.num_qubits)
+    while m < full.num_qubits and not cm.reduce(list(range(m))).is_connected():
+        m += 1
+    return _window_class(type(full), m)()
+
+
+def _window_class(cls, m: int):
+    def keep(qubits) -> bool:
+        return all(q < m for q in qubits)
+
+    class Window(cls):
+        window = m
+
+        def _get_conf_dict_from_json(self):
+            conf = super()._get_conf_dict_from_json()
+            if conf is None:
+                return conf
+            conf["n_qubits"] = m
+            conf["coupling_map"] = [e for e in conf.get("coupling_map", []) if keep(e)]
+            for gate in conf.get("gates", []):
+                if "coupling_map" in gate:
+                    gate["coupling_map"] = [e for e in gate["coupling_map"] if keep(e)]
+            if "meas_map" in conf:
+                conf["meas_map"] = [
+                    g for g in ([q for q in mm if q < m] for mm in conf["meas_map"]) if g
+                ]
+            for key in ("qubit_lo_range", "meas_lo_range"):
+                if key in conf:
+                    conf[key] = conf[key][:m]
+            return conf
+
+        def _set_props_dict_from_json(self):
+            super()._set_props_dict_from_json()
+            props = self._props_dict
+            if props is not None:
+                props["qubits"] = props["qubits"][:m]
+                props["gates"] = [g for g in props["gates"] if keep(g["qubits"])]
+
+    Window.__name__ = Window.__qualname__ = f"{cls.__name__}[:{m}]"
+    return Window

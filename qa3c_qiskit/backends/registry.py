@@ -18,7 +18,13 @@ A user adds a backend by adding a file. Fields (all optional except ``kind``):
   ``noise_source`` (a ``qiskit_ibm_runtime.fake_provider`` backend, e.g. ``FakeGuadalupeV2``),
   ``method`` (Aer simulation method, Aer kinds only), ``optimization_level`` (0-3);
 * ``[runtime]`` (``ibm_runtime`` only): ``channel``, ``instance``, ``backend`` (an IBM backend
-  name), ``fake_backend`` (a fake backend: local testing mode, no network or account needed).
+  name) or ``backends`` (a list: worker process ``r`` uses ``backends[r % len]``, one QPU per
+  worker), ``fake_backend`` / ``fake_backends`` (fake backends: local testing mode, no network
+  or account needed), and the Runtime options (see :data:`RUNTIME_OPTIONS`): ``mode``
+  (``session`` | ``batch`` | ``job``), ``session_max_time`` (s), ``max_execution_time`` (s),
+  ``resilience_level`` (0-2), ``dynamical_decoupling`` (bool), ``dd_sequence``
+  (``XX`` | ``XpXm`` | ``XY4``), ``twirling_gates``, ``twirling_measure`` (bool), ``precision``
+  (instead of ``shots``: the estimator's target standard error).
 
 Run ``python -m qa3c_qiskit.backends`` for the table of known backends.
 """
@@ -38,7 +44,43 @@ from .noise import fake_backend
 # --------------------------------------------------------------------------------------------
 KINDS = ("statevector", "aer", "torch_density", "aer_device", "ibm_runtime")
 AER_METHODS = ("automatic", "statevector", "density_matrix", "matrix_product_state")
-RUNTIME_KEYS = ("channel", "instance", "backend", "fake_backend")
+#: where a Runtime profile runs
+RUNTIME_TARGET_KEYS = (
+    "channel",
+    "instance",
+    "backend",
+    "backends",
+    "fake_backend",
+    "fake_backends",
+)
+#: Runtime options of a profile's ``[runtime]`` table: key -> accepted values (a tuple) or a
+#: type check (a callable returning True for a good value) and its description
+RUNTIME_MODES = ("session", "batch", "job")
+DD_SEQUENCES = ("XX", "XpXm", "XY4")
+RUNTIME_OPTIONS: dict[str, tuple] = {
+    "mode": (RUNTIME_MODES, None),
+    "resilience_level": ((0, 1, 2), None),
+    "dd_sequence": (DD_SEQUENCES, None),
+    "dynamical_decoupling": (None, (lambda v: isinstance(v, bool), "true or false")),
+    "twirling_gates": (None, (lambda v: isinstance(v, bool), "true or false")),
+    "twirling_measure": (None, (lambda v: isinstance(v, bool), "true or false")),
+    "max_execution_time": (
+        None,
+        (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "seconds, int > 0"),
+    ),
+    "session_max_time": (
+        None,
+        (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "seconds, int > 0"),
+    ),
+    "precision": (
+        None,
+        (
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+            "a float in (0, 1)",
+        ),
+    ),
+}
+RUNTIME_KEYS = RUNTIME_TARGET_KEYS + tuple(RUNTIME_OPTIONS)
 BACKENDS_ENV = "QA3C_BACKENDS_DIR"
 #: the built-in profiles, shipped as package data
 BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
@@ -153,8 +195,12 @@ def profile_problems(p: Profile, n_qubits: int | None = None) -> list[str]:
         out.append(f"{where}: optimization_level must be 0-3, got {p.optimization_level!r}")
     if p.kind == "statevector" and p.shots is not None:
         out.append(f"{where}: the statevector engine is exact; use an aer profile for shots")
-    if p.kind in ("aer_device", "ibm_runtime") and p.shots is None:
+    if p.kind == "aer_device" and p.shots is None:
         out.append(f"{where}: kind {p.kind!r} samples; set shots")
+    if p.kind == "ibm_runtime" and p.shots is None and not p.runtime.get("precision"):
+        out.append(f"{where}: kind 'ibm_runtime' samples; set shots or [runtime] precision")
+    if p.kind == "ibm_runtime" and p.shots is not None and p.runtime.get("precision"):
+        out.append(f"{where}: set shots or [runtime] precision, not both")
     if p.kind == "aer_device" and not p.noise_source:
         out.append(f"{where}: kind 'aer_device' needs noise_source (a fake backend name)")
     devices = []
@@ -167,8 +213,10 @@ def profile_problems(p: Profile, n_qubits: int | None = None) -> list[str]:
                 f"{where}: unknown [runtime] key(s) {', '.join(sorted(bad))}; "
                 f"accepted: {', '.join(RUNTIME_KEYS)}"
             )
-        if p.runtime.get("fake_backend"):
-            devices.append(p.runtime["fake_backend"])
+        out.extend(runtime_option_problems(p))
+        fakes = runtime_targets(p) if is_local(p) else []
+        if fakes:
+            devices.extend(fakes)
         else:
             out.extend(_credential_problems(p))
     for dev in devices:
@@ -182,13 +230,67 @@ def profile_problems(p: Profile, n_qubits: int | None = None) -> list[str]:
     return out
 
 
+def is_local(p: Profile) -> bool:
+    """True for a Runtime profile in local testing mode (fake backends, no network)."""
+    return bool(p.runtime.get("fake_backend") or p.runtime.get("fake_backends"))
+
+
+def runtime_targets(p: Profile) -> list[str]:
+    """The backend names of a Runtime profile, in worker order (fake backend class names in
+    local testing mode, IBM backend names otherwise)."""
+    rt = p.runtime
+    if is_local(p):
+        names = rt.get("fake_backends") or [rt["fake_backend"]]
+    else:
+        names = rt.get("backends") or ([rt["backend"]] if rt.get("backend") else [])
+    return [names] if isinstance(names, str) else list(names)
+
+
+def backend_for_rank(p: Profile, rank: int) -> str:
+    """The backend that worker process ``rank`` uses: ``targets[rank % len(targets)]``."""
+    names = runtime_targets(p)
+    return names[rank % len(names)]
+
+
+def runtime_option_problems(p: Profile) -> list[str]:
+    """One-line problems with a Runtime profile's ``[runtime]`` table (keys, values, targets)."""
+    where = f"backend {p.name!r}"
+    out = []
+    for key, value in p.runtime.items():
+        if key not in RUNTIME_OPTIONS:
+            continue
+        choices, check = RUNTIME_OPTIONS[key]
+        if choices is not None and (value not in choices or isinstance(value, bool)):
+            accepted = ", ".join(repr(c) for c in choices)
+            out.append(
+                f"{where}: [runtime] {key} = {value!r} is not accepted; choose one of {accepted}"
+            )
+        elif check is not None and not check[0](value):
+            out.append(f"{where}: [runtime] {key} = {value!r} is not accepted; expected {check[1]}")
+    for key in ("backends", "fake_backends"):
+        v = p.runtime.get(key)
+        if v is not None and (
+            not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v)
+        ):
+            out.append(
+                f"{where}: [runtime] {key} must be a non-empty list of backend names, got {v!r}"
+            )
+    if p.runtime.get("backend") and p.runtime.get("backends"):
+        out.append(f"{where}: set [runtime] backend or backends, not both")
+    if p.runtime.get("fake_backend") and p.runtime.get("fake_backends"):
+        out.append(f"{where}: set [runtime] fake_backend or fake_backends, not both")
+    if p.runtime.get("dd_sequence") and p.runtime.get("dynamical_decoupling") is False:
+        out.append(f"{where}: [runtime] dd_sequence is set but dynamical_decoupling = false")
+    return out
+
+
 def _credential_problems(p: Profile) -> list[str]:
     where = f"backend {p.name!r}"
     try:
         from qiskit_ibm_runtime import QiskitRuntimeService
     except ImportError:
         return [f"{where} needs qiskit-ibm-runtime (pip install 'qa3c-qiskit[ibm]')"]
-    if not p.runtime.get("backend"):
+    if not runtime_targets(p):
         return [f"{where}: set [runtime] backend (an IBM backend name) or fake_backend"]
     try:
         accounts = QiskitRuntimeService.saved_accounts()
@@ -231,7 +333,8 @@ def table_rows() -> list[dict]:
             status = "ok" if not problems else problems[0]
         except ValueError as exc:
             p, status = Profile(name=name, kind="?"), str(exc)
-        noise = p.noise_source or p.runtime.get("fake_backend") or p.runtime.get("backend") or "-"
+        targets = ", ".join(runtime_targets(p)) if p.kind == "ibm_runtime" else ""
+        noise = p.noise_source or targets or "-"
         rows.append(
             {
                 "name": name,
@@ -253,7 +356,49 @@ def main(argv: list[str] | None = None) -> int:
         description="List the known quantum backends (built-in profiles, ./backends/ and "
         "$QA3C_BACKENDS_DIR).",
     )
-    parser.parse_args(argv)
+    parser.add_argument("name", nargs="?", help="a backend name or profile path (with --report)")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="print NAME's executed circuit, calls/circuits/shots per action, update, episode "
+        "and run, and for ibm_runtime* the estimated QPU seconds",
+    )
+    parser.add_argument("--episodes", type=int, default=1, help="episodes of the run (report)")
+    parser.add_argument("--learners", type=int, default=1, help="actor-learners (report)")
+    parser.add_argument(
+        "--episode-length",
+        type=float,
+        default=None,
+        help="assumed mean episode length (default: the env's time limit, an upper bound)",
+    )
+    parser.add_argument("--env", default="CartPole-v1", help="environment id (report)")
+    parser.add_argument("--update-every", type=int, default=5, help="S (report)")
+    parser.add_argument("--shots", type=int, default=None, help="override the shots (report)")
+    parser.add_argument("--n-qubits", type=int, default=8)
+    parser.add_argument("--n-layers", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.name or args.report:
+        if not args.name:
+            parser.error("--report needs a backend NAME")
+        from .cost import format_report, report
+
+        try:
+            r = report(
+                args.name,
+                episodes=args.episodes,
+                learners=args.learners,
+                episode_length=args.episode_length,
+                env=args.env,
+                update_every=args.update_every,
+                shots=args.shots,
+                n_qubits=args.n_qubits,
+                n_layers=args.n_layers,
+            )
+        except ValueError as exc:
+            print(f"error: {exc}")
+            return 2
+        print(format_report(r))
+        return 0
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

@@ -1,0 +1,239 @@
+"""What a backend executes and what it costs: the circuit, primitive calls, circuits and shots per
+action and per update, and for ``ibm_runtime*`` the QPU seconds per action, update, episode and
+run (from the device's own timing data, :mod:`~qa3c_qiskit.backends.timing`).
+
+``report(name, ...) -> dict`` (no network, no session opened) and ``format_report(dict) -> str``;
+``python -m qa3c_qiskit.backends NAME --report [--episodes N --learners K ...]`` prints it.
+
+Counting follows the code path of :mod:`~qa3c_qiskit.backends.gradient`: an action is one
+primitive call of one PUB holding one circuit per acting learner; an update is one call of one
+PUB for all closed segments, each segment of ``S`` steps contributing ``2 S + 1`` samples (actor
+``S``, critic ``S`` plus the bootstrap state) and every sample ``1 + 2 G`` circuits (the unshifted
+circuit and the two shifts of each of the ``G`` parameterized gates of the executed circuit).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .registry import Profile, is_local, resolve, runtime_targets
+
+#: the env's time limit where nothing else is given: the mean episode length is then an upper
+#: bound (CartPole-v1 500, Acrobot-v1 500, SimpleCrossing 4 * 9 * 9 = 324)
+DEFAULT_EPISODE_LENGTH = {"CartPole-v1": 500, "Acrobot-v1": 500}
+MINIGRID_EPISODE_LENGTH = 324
+
+
+def executes(p: Profile) -> str:
+    """What runs the circuits of profile ``p``, in words."""
+    if p.kind == "statevector":
+        return "in-package exact torch statevector engine (no primitive calls)"
+    if p.kind == "torch_density":
+        src = f" with {p.noise_source} noise" if p.noise_source else ""
+        return f"in-package torch density-matrix engine{src} (not Aer)"
+    if p.kind == "aer":
+        src = f" with {p.noise_source} noise on the logical qubits" if p.noise_source else ""
+        return f"Aer ({'sampled' if p.shots else 'exact'}){src}"
+    if p.kind == "aer_device":
+        return f"Aer with {p.noise_source}'s noise model and coupling map (routed)"
+    names = ", ".join(runtime_targets(p))
+    if is_local(p):
+        return f"IBM Runtime local testing mode on {names} (simulated, no QPU)"
+    return f"IBM Runtime on the real QPU(s) {names} (billed)"
+
+
+def _timing_backend(p: Profile, n_qubits: int):
+    """The backend whose timing is used without network: the fake backend (local mode), else the
+    fake snapshot of the same device (``ibm_brisbane`` -> ``FakeBrisbane``), else FakeBrisbane."""
+    from . import noise
+
+    name = runtime_targets(p)[0]
+    if is_local(p):
+        return noise.fake_backend_window(name, n_qubits), f"{name} (fake backend)"
+    fake = "Fake" + name.removeprefix("ibm_").capitalize()
+    try:
+        return noise.fake_backend(fake), f"{fake} snapshot of {name}"
+    except ValueError:
+        return noise.fake_backend("FakeBrisbane"), f"FakeBrisbane snapshot (no snapshot of {name})"
+
+
+def executed_circuit(p: Profile, n_qubits: int = 8, n_layers: int = 2, entangler="double_ring"):
+    """(circuit as executed, backend used for timing or None, note) for profile ``p``."""
+    from ..circuit import build_vqc
+
+    vqc = build_vqc(n_qubits, n_layers, entangler)
+    if p.kind in ("statevector",) or (p.kind in ("aer", "torch_density") and not p.noise_source):
+        return vqc.circuit, None, "logical circuit"
+    from . import execution, noise
+
+    if p.kind in ("aer", "torch_density"):
+        _, circuit = execution._logical_device_circuit(p, vqc)
+        return circuit, None, f"{p.noise_source} basis gates, logical qubits (no routing)"
+    if p.kind == "aer_device":
+        device = noise.fake_backend(p.noise_source)
+        return execution.device_circuit(p, device, vqc.circuit), device, p.noise_source
+    backend, note = _timing_backend(p, n_qubits)
+    return execution.device_circuit(p, backend, vqc.circuit), backend, note
+
+
+def report(
+    name: str,
+    *,
+    episodes: int = 1,
+    learners: int = 1,
+    episode_length: float | None = None,
+    env: str = "CartPole-v1",
+    update_every: int = 5,
+    shots: int | None = None,
+    n_qubits: int = 8,
+    n_layers: int = 2,
+    entangler: str = "double_ring",
+) -> dict:
+    """The cost report of backend ``name`` for a run of ``episodes`` episodes with ``learners``
+    actor-learners (no network, nothing opened). ``episode_length``: assumed mean episode length
+    (default: the env's time limit, an upper bound)."""
+    from . import timing
+    from .gradient import GateShiftPlan
+
+    p = resolve(name, shots=shots, n_qubits=n_qubits)
+    if episode_length is None:
+        episode_length = DEFAULT_EPISODE_LENGTH.get(
+            env, MINIGRID_EPISODE_LENGTH if env.startswith("MiniGrid-") else 500
+        )
+    circuit, backend, note = executed_circuit(p, n_qubits, n_layers, entangler)
+    used = set()
+    two_q = 0
+    for inst in circuit.data:
+        if inst.operation.name == "barrier":
+            continue
+        qs = [circuit.find_bit(q).index for q in inst.qubits]
+        used.update(qs)
+        two_q += len(qs) == 2
+    layout = (circuit.metadata or {}).get("layout")
+    g = GateShiftPlan(circuit).num_gates
+    per_sample = 1 + 2 * g
+    s = update_every
+    segment_samples = 2 * s + 1
+    length = float(episode_length)
+    # per episode (one learner): L actions; ceil(L / S) segments, 2 L + ceil(L / S) samples
+    n_seg = math.ceil(length / s)
+    samples_ep = 2 * length + n_seg
+    precision = p.runtime.get("precision") if p.kind == "ibm_runtime" else None
+    shots_c = timing.shots_for(p.shots, precision)
+    quantum = p.kind != "statevector"
+    out = {
+        "backend": p.name,
+        "kind": p.kind,
+        "executes": executes(p),
+        "circuit": {
+            "note": note,
+            "width": circuit.num_qubits,
+            "qubits_used": len(used),
+            "depth": circuit.depth(),
+            "two_qubit_gates": two_q,
+            "ops": dict(circuit.count_ops()),
+            "layout": layout,
+            "parameterized_gates": g,
+        },
+        "shots_per_circuit": shots_c or None,
+        "assumptions": {
+            "episodes": episodes,
+            "learners": learners,
+            "mean_episode_length": length,
+            "update_every": s,
+            "env": env,
+        },
+        "per_action": {
+            "calls": 1 if quantum else 0,
+            "circuits": learners if quantum else 0,
+            "note": f"one call for the {learners} acting learner(s) of a process, one PUB",
+        },
+        "per_update": {
+            "calls": 1 if quantum else 0,
+            "circuits_per_segment": segment_samples * per_sample if quantum else 0,
+            "note": f"one call for all closed segments; a {s}-step segment = {segment_samples} "
+            f"samples x {per_sample} circuits",
+        },
+        "per_episode": {
+            "circuits": (length + samples_ep * per_sample) if quantum else 0,
+            "calls_upper_bound": (length + n_seg) if quantum else 0,
+        },
+    }
+    for key in ("per_action", "per_update", "per_episode"):
+        out[key]["shots"] = (
+            out[key].get("circuits", out[key].get("circuits_per_segment", 0)) * shots_c
+        )
+    run_circuits = out["per_episode"]["circuits"] * episodes
+    out["run"] = {
+        "circuits": run_circuits,
+        "shots": run_circuits * shots_c,
+        "calls_estimate": math.ceil(out["per_episode"]["calls_upper_bound"] * episodes / learners),
+    }
+    if backend is not None and p.kind == "ibm_runtime":
+        rep = timing.rep_delay(backend)
+        dur = timing.circuit_duration(circuit, backend)
+        sec = shots_c * (rep + dur)  # one circuit
+        out["timing"] = {
+            "source": note,
+            "rep_delay_s": rep,
+            "circuit_duration_s": dur,
+            "seconds_per_shot": rep + dur,
+            "seconds_per_circuit": sec,
+            "note": "QPU seconds of the circuits alone (lower bound): excludes Runtime's per-job "
+            "overhead and error-mitigation circuits (resilience_level >= 1)",
+        }
+        out["qpu_seconds"] = {
+            "per_action": learners * sec,
+            "per_update_segment": segment_samples * per_sample * sec,
+            "per_episode": out["per_episode"]["circuits"] * sec,
+            "run": run_circuits * sec,
+        }
+    return out
+
+
+def _fmt_s(x: float) -> str:
+    if x < 120:
+        return f"{x:.3g} s"
+    if x < 7200:
+        return f"{x / 60:.3g} min"
+    return f"{x / 3600:.3g} h"
+
+
+def format_report(r: dict) -> str:
+    """The report as plain text lines (for the CLI and the train header)."""
+    c, a = r["circuit"], r["assumptions"]
+    lines = [
+        f"backend {r['backend']} (kind {r['kind']}): {r['executes']}",
+        f"  executed circuit ({c['note']}): {c['qubits_used']} qubits used of {c['width']}, "
+        f"depth {c['depth']}, {c['two_qubit_gates']} two-qubit gates, "
+        f"{c['parameterized_gates']} parameterized gates"
+        + (f", layout {c['layout']}" if c["layout"] else ""),
+    ]
+    if r["per_action"]["calls"] == 0:
+        lines.append("  no primitive calls: autograd on the in-package engine")
+        return "\n".join(lines)
+    shots = r["shots_per_circuit"] or 0
+    lines += [
+        f"  shots per circuit: {shots or 'exact'}",
+        f"  per action: 1 call, {r['per_action']['circuits']} circuit(s) "
+        f"({a['learners']} learner(s))",
+        f"  per update: 1 call, {r['per_update']['circuits_per_segment']:,} circuits per closed "
+        f"{a['update_every']}-step segment ({r['per_update']['note'].split('; ')[1]})",
+        f"  per episode (mean length {a['mean_episode_length']:g} steps assumed): "
+        f"{r['per_episode']['circuits']:,.0f} circuits",
+        f"  run ({a['episodes']} episodes, {a['learners']} learner(s)): "
+        f"{r['run']['circuits']:,.0f} circuits, {r['run']['shots']:,.0f} shots, "
+        f"~{r['run']['calls_estimate']:,} primitive calls",
+    ]
+    if "qpu_seconds" in r:
+        t, q = r["timing"], r["qpu_seconds"]
+        lines += [
+            f"  timing ({t['source']}): rep_delay {t['rep_delay_s'] * 1e6:.0f} us + circuit "
+            f"{t['circuit_duration_s'] * 1e6:.1f} us per shot = "
+            f"{t['seconds_per_circuit']:.3g} s per circuit",
+            f"  QPU time: per action {_fmt_s(q['per_action'])}, per update segment "
+            f"{_fmt_s(q['per_update_segment'])}, per episode {_fmt_s(q['per_episode'])}, "
+            f"run {_fmt_s(q['run'])}",
+            f"  ({t['note']})",
+        ]
+    return "\n".join(lines)
