@@ -15,8 +15,16 @@ circuit and the two shifts of each of the ``G`` parameterized gates of the execu
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
-from .registry import Profile, is_local, resolve, runtime_targets
+from .registry import (
+    Profile,
+    _credential_problems,
+    is_local,
+    load_profile,
+    profile_problems,
+    runtime_targets,
+)
 
 #: the env's time limit where nothing else is given: the mean episode length is then an upper
 #: bound (CartPole-v1 500, Acrobot-v1 500, SimpleCrossing 4 * 9 * 9 = 324)
@@ -95,7 +103,14 @@ def report(
     from . import timing
     from .gradient import GateShiftPlan
 
-    p = resolve(name, shots=shots, n_qubits=n_qubits)
+    p = load_profile(name)
+    if shots is not None:
+        p = replace(p, shots=shots)
+    # the report needs no account: every problem but missing credentials is an error
+    no_account = set(_credential_problems(p)) if p.kind == "ibm_runtime" else set()
+    problems = [x for x in profile_problems(p, n_qubits) if x not in no_account]
+    if problems:
+        raise ValueError("; ".join(problems))
     if episode_length is None:
         episode_length = DEFAULT_EPISODE_LENGTH.get(
             env, MINIGRID_EPISODE_LENGTH if env.startswith("MiniGrid-") else 500

@@ -1,0 +1,175 @@
+"""IBM Runtime path, offline: cost report, Runtime options, one backend per worker rank, seeds
+per call, safe stops and the QPU usage meter (qiskit-ibm-runtime local testing mode)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from qa3c_qiskit import backends
+from qa3c_qiskit.backends import cost, execution, quantum_layer_factory
+from qa3c_qiskit.models import ModelSpec
+
+LOCAL = (
+    'kind = "ibm_runtime"\nshots = 64\nseed = 1\n[runtime]\nfake_backend = "FakeManilaV2"\n'
+    "resilience_level = 0\n"
+)
+
+
+def profile(tmp_path, text: str, name: str = "rt") -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def layer(name: str, n_qubits: int = 2):
+    return quantum_layer_factory(ModelSpec(4, 2, backend=name, n_qubits=n_qubits, n_layers=1))()
+
+
+def test_report_counts_match_the_counting_estimator_on_a_real_batch():
+    """Circuits per update segment from the report == what CountingEstimator counts for a
+    segment's 2S+1 samples with gradients (aer_shots, 2 qubits, 1 layer)."""
+    r = cost.report("aer_shots", n_qubits=2, n_layers=1, update_every=3, learners=2)
+    lay = layer("aer_shots")
+    c = lay.counter
+    c.reset()
+    x = torch.randn(7, 2, dtype=torch.float64, requires_grad=True)
+    w = 0.1 * torch.randn(7, 6, dtype=torch.float64)
+    lay.functional(x, w).sum().backward()
+    assert (c.calls, c.pubs) == (1, 1)
+    assert c.circuits == r["per_update"]["circuits_per_segment"]
+    assert r["per_action"] == {**r["per_action"], "calls": 1, "circuits": 2}
+    lay.close()
+
+
+def test_report_ibm_runtime_qpu_seconds_from_device_timing(capsys):
+    """The real target (no network): FakeBrisbane's timing, ~7-8 QPU minutes per 5-step update."""
+    r = cost.report("ibm_runtime", episodes=10, learners=4, episode_length=100)
+    t, q = r["timing"], r["qpu_seconds"]
+    assert t["rep_delay_s"] == pytest.approx(250e-6)
+    assert 20e-6 < t["circuit_duration_s"] < 200e-6
+    assert r["per_update"]["circuits_per_segment"] == 11 * 129
+    assert 5 * 60 < q["per_update_segment"] < 10 * 60
+    assert q["run"] == pytest.approx(q["per_episode"] * 10)
+    assert r["circuit"]["two_qubit_gates"] > 50 and len(r["circuit"]["layout"]) == 8
+    assert backends.main(["ibm_runtime_local", "--report", "--episodes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "QPU time" in out and "FakeBrisbane" in out and "local testing mode" in out
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ('mode = "sessions"\n', "mode = 'sessions' is not accepted; choose one of 'session'"),
+        ("resilience_level = 3\n", "resilience_level = 3 is not accepted; choose one of 0, 1, 2"),
+        ('dd_sequence = "XZ"\n', "'XX', 'XpXm', 'XY4'"),
+        ("max_execution_time = -5\n", "max_execution_time = -5 is not accepted"),
+        ('twirling_gates = "yes"\n', "twirling_gates = 'yes' is not accepted; expected true"),
+        ("colour = 1\n", "unknown [runtime] key(s) colour"),
+        ("fake_backends = []\n", "fake_backends must be a non-empty list"),
+    ],
+)
+def test_bad_runtime_options_are_one_line_errors(tmp_path, extra, needle):
+    with pytest.raises(ValueError) as exc:
+        backends.check_backend(
+            profile(tmp_path, LOCAL.replace("resilience_level = 0\n", "") + extra)
+        )
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_runtime_options_reach_the_estimator_and_mode_objects(tmp_path):
+    from qiskit_ibm_runtime import Batch
+
+    path = profile(
+        tmp_path,
+        LOCAL + 'mode = "batch"\ndynamical_decoupling = true\ndd_sequence = "XY4"\n'
+        "twirling_gates = true\nmax_execution_time = 300\nsession_max_time = 900\n",
+    )
+    lay = layer(path)
+    try:
+        est = lay.built.execution.estimator
+        opts = est.options
+        assert opts.resilience_level == 0 and opts.default_shots == 64
+        assert opts.dynamical_decoupling.enable and opts.dynamical_decoupling.sequence_type == "XY4"
+        assert opts.twirling.enable_gates is True and opts.max_execution_time == 300
+        (entry,) = execution._SESSIONS.values()
+        assert isinstance(entry[0], Batch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            with torch.no_grad():
+                y = lay.functional(torch.randn(2, 2, dtype=torch.float64), 0.1 * torch.randn(2, 6))
+        assert y.shape == (2, 2)
+    finally:
+        lay.close()
+    assert not execution._SESSIONS
+
+
+def test_job_mode_opens_no_session(tmp_path):
+    lay = layer(profile(tmp_path, LOCAL + 'mode = "job"\n'))
+    try:
+        with torch.no_grad():
+            lay.functional(torch.randn(1, 2, dtype=torch.float64), 0.1 * torch.randn(1, 6))
+        (entry,) = execution._SESSIONS.values()
+        assert entry[0] is None
+    finally:
+        lay.close()
+
+
+def test_one_backend_per_worker_rank(tmp_path):
+    path = profile(
+        tmp_path,
+        'kind = "ibm_runtime"\nshots = 64\n[runtime]\n'
+        'fake_backends = ["FakeManilaV2", "FakeLimaV2"]\nresilience_level = 0\n',
+    )
+    p = backends.resolve(path)
+    names = []
+    try:
+        for rank in range(3):
+            execution.set_worker_rank(rank)
+            lay = layer(path)
+            names.append(lay.built.execution.circuit.metadata["device"])
+            lay.close()
+    finally:
+        execution._RANK[0] = None
+    assert names == ["fake_manila", "fake_lima", "fake_manila"]
+    assert [backends.registry.backend_for_rank(p, r) for r in range(3)] == [
+        "FakeManilaV2",
+        "FakeLimaV2",
+        "FakeManilaV2",
+    ]
+
+
+def test_local_mode_seed_differs_per_call_and_usage_is_metered(tmp_path):
+    execution.reset_qpu_usage()
+    lay = layer(profile(tmp_path, LOCAL))
+    x = torch.randn(4, 2, dtype=torch.float64)
+    w = 0.1 * torch.randn(4, 6, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            y1, y2 = lay.functional(x, w), lay.functional(x, w)
+        assert not torch.equal(y1, y2)  # shot noise is not bit-identical
+        u = execution.qpu_usage()
+        assert u["jobs"] == 2 and u["circuits"] == 8 and u["shots"] == 8 * 64
+        assert u["qpu_seconds"] == pytest.approx(u["estimated_s"]) and u["qpu_seconds"] > 0
+    finally:
+        lay.close()
+
+
+def test_close_all_cancels_in_flight_jobs_and_closes_sessions(tmp_path, monkeypatch):
+    lay = layer(profile(tmp_path, LOCAL))
+    assert lay.counter is not None  # builds: opens the session
+    (entry,) = execution._SESSIONS.values()
+    calls = []
+
+    class Job:
+        def cancel(self):
+            calls.append("cancel")
+
+    monkeypatch.setattr(entry[0], "close", lambda: calls.append("close"))
+    execution._IN_FLIGHT.add(Job())
+    assert execution.close_all() == {"cancelled": 1, "closed": 1}
+    assert calls == ["cancel", "close"] and not execution._SESSIONS
+    assert execution.close_all() == {"cancelled": 0, "closed": 0}  # idempotent
+    lay.close()  # after close_all: nothing left, no error
