@@ -64,6 +64,12 @@ class TrainConfig:
         choices=("mean", "sum"),
     )
     shots: int | None = _opt(None, "override the backend profile's shot count")
+    max_qpu_seconds: float | None = _opt(
+        None,
+        "QPU-time budget in seconds for a real IBM backend (required there; the run stops "
+        "cleanly when Runtime's measured usage, or else the estimate, reaches it); see the cost "
+        "with python -m qa3c_qiskit.backends NAME --report",
+    )
     runner: str = _opt("local", "local (torch.multiprocessing) or ray", choices=("local", "ray"))
     address: str | None = _opt(
         None, "Ray cluster address for --runner ray (default: start a local cluster)"
@@ -112,7 +118,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         if f.type in ("bool", bool):
             parser.add_argument(flag, action="store_true", help=kw["help"])
             continue
-        typ = {"int": int, "float": float}.get(str(f.type), None)
+        typ = {"int": int, "float": float, "float | None": float}.get(str(f.type), None)
         if str(f.type).startswith("int |") or str(f.type) == "int | None":
             typ = int
         kw["type"] = typ or str

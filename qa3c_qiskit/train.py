@@ -106,9 +106,19 @@ def validate(cfg: TrainConfig) -> dict | None:
         from .backends import resolve
 
         try:  # the profile with this run's shots and qubit count, before any file is written
-            resolve(cfg.backend, shots=cfg.shots, n_qubits=cfg.n_qubits)
+            profile = resolve(cfg.backend, shots=cfg.shots, n_qubits=cfg.n_qubits)
         except ValueError as exc:
             problems.append(str(exc))
+        else:
+            from .backends import needs_qpu_cap
+
+            if needs_qpu_cap(profile) and cfg.max_qpu_seconds is None:
+                problems.append(
+                    f"backend {profile.name!r} runs on a real IBM QPU (billed): set "
+                    f"--max-qpu-seconds (see python -m qa3c_qiskit.backends {cfg.backend} --report)"
+                )
+    if cfg.max_qpu_seconds is not None and not cfg.max_qpu_seconds > 0:
+        problems.append(f"--max-qpu-seconds must be > 0, got {cfg.max_qpu_seconds}")
     ckpt = None
     if cfg.resume:
         ckpt = _resume_problems(cfg, problems)
@@ -188,6 +198,27 @@ def print_parameter_table(cfg: TrainConfig) -> None:
             style=style,
         )
     Console(width=max(Console().width, 110)).print(table)
+    if cfg.model == "quantum":  # what executes and what it costs (QPU time for ibm_runtime*)
+        from .backends.cost import format_report, report
+
+        try:
+            r = report(
+                cfg.backend,
+                episodes=cfg.episodes,
+                learners=cfg.learners or cfg.workers,
+                env=cfg.env,
+                update_every=cfg.update_every,
+                shots=cfg.shots,
+                n_qubits=cfg.n_qubits,
+                n_layers=cfg.n_layers,
+                entangler=cfg.entangler,
+            )
+        except Exception as exc:  # noqa: BLE001 - the header must not stop a valid run
+            print(f"cost report unavailable: {exc}")
+        else:
+            print(format_report(r))
+            if cfg.max_qpu_seconds is not None and "qpu_seconds" in r:
+                print(f"  QPU budget (--max-qpu-seconds): {cfg.max_qpu_seconds:g} s")
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:

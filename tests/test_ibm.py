@@ -173,3 +173,20 @@ def test_close_all_cancels_in_flight_jobs_and_closes_sessions(tmp_path, monkeypa
     assert calls == ["cancel", "close"] and not execution._SESSIONS
     assert execution.close_all() == {"cancelled": 0, "closed": 0}  # idempotent
     lay.close()  # after close_all: nothing left, no error
+
+
+def test_real_ibm_backend_requires_max_qpu_seconds_local_mode_does_not(tmp_path, monkeypatch):
+    from qa3c_qiskit.config import TrainConfig
+    from qa3c_qiskit.train import validate
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("QISKIT_IBM_TOKEN", "dummy")  # credentials "present": no network used
+    out = str(tmp_path / "runs")
+    with pytest.raises(ValueError) as exc:
+        validate(TrainConfig(backend="ibm_runtime", episodes=1, workers=1, out=out))
+    msg = str(exc.value)
+    assert "--max-qpu-seconds" in msg and "\n" not in msg and "ibm_runtime" in msg
+    validate(TrainConfig(backend="ibm_runtime", episodes=1, workers=1, out=out, max_qpu_seconds=60))
+    validate(TrainConfig(backend="ibm_runtime_local", episodes=1, workers=1, out=out))
+    with pytest.raises(ValueError, match="--max-qpu-seconds must be > 0"):
+        validate(TrainConfig(episodes=1, workers=1, out=out, max_qpu_seconds=0))

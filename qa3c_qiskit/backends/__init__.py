@@ -10,7 +10,11 @@ Modules, by concept (imports flow downwards only; no cycles):
                       readout, the :class:`ShiftValuesEstimator` protocol
 ``gradient``          gate-level parameter shift, the batched ``EstimatorQNN``
 ``density``           the in-package noisy density-matrix estimator (``torch_density``)
-``execution``         Aer / device / IBM Runtime builders (one Session per worker)
+``timing``            QPU seconds of a circuit from the device's timing data (rep delay,
+                      gate and measurement durations)
+``execution``         Aer / device / IBM Runtime builders (a Session, Batch or job mode per
+                      worker and backend), ``close_all`` (safe stops), ``qpu_usage`` (meter)
+``cost``              the cost report (``python -m qa3c_qiskit.backends NAME --report``)
 ``layers``            the torch layers (statevector, Qiskit) and ``quantum_layer_factory``
 ====================  ======================================================================
 
@@ -32,6 +36,7 @@ from .registry import (
     known_backends,
     load_profile,
     main,
+    needs_qpu_cap,
     profile_problems,
     resolve,
     table_rows,
@@ -54,6 +59,7 @@ __all__ = [
     "logical_gate_errors",
     "logical_noise_model",
     "main",
+    "needs_qpu_cap",
     "profile_problems",
     "quantum_layer_factory",
     "resolve",

@@ -235,6 +235,12 @@ def is_local(p: Profile) -> bool:
     return bool(p.runtime.get("fake_backend") or p.runtime.get("fake_backends"))
 
 
+def needs_qpu_cap(p: Profile) -> bool:
+    """True for a profile that runs on a real (billed) IBM QPU: ``train`` requires
+    ``--max-qpu-seconds`` for it (local testing mode and simulators need none)."""
+    return p.kind == "ibm_runtime" and not is_local(p)
+
+
 def runtime_targets(p: Profile) -> list[str]:
     """The backend names of a Runtime profile, in worker order (fake backend class names in
     local testing mode, IBM backend names otherwise)."""
