@@ -190,3 +190,28 @@ def test_real_ibm_backend_requires_max_qpu_seconds_local_mode_does_not(tmp_path,
     validate(TrainConfig(backend="ibm_runtime_local", episodes=1, workers=1, out=out))
     with pytest.raises(ValueError, match="--max-qpu-seconds must be > 0"):
         validate(TrainConfig(episodes=1, workers=1, out=out, max_qpu_seconds=0))
+
+
+def test_stop_handler_closes_sessions_then_exits(tmp_path):
+    import os
+    import signal
+
+    lay = layer(profile(tmp_path, LOCAL))
+    assert lay.counter is not None and execution._SESSIONS
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        execution.install_stop_handler([signal.SIGTERM])
+        with pytest.raises(SystemExit) as exc:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0.1) if hasattr(signal, "sigtimedwait") else None
+        assert exc.value.code == 128 + signal.SIGTERM
+        assert not execution._SESSIONS
+        assert set(execution.usage_counters()) == {
+            "qpu_s",
+            "qpu_measured_s",
+            "qpu_estimated_s",
+            "qpu_jobs",
+        }
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        lay.close()

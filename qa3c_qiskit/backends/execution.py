@@ -380,6 +380,32 @@ def close_all(cancel: bool = True) -> dict:
     return {"cancelled": cancelled, "closed": closed}
 
 
+def install_stop_handler(signals=None) -> None:
+    """In a worker process: on SIGTERM (and SIGINT), cancel in-flight jobs, close every session
+    (:func:`close_all`), then raise ``SystemExit(128 + signum)`` so ``finally`` blocks run (the
+    model's close, env close). Call once at the start of the worker, in its main thread."""
+    import signal
+
+    def handler(signum, frame):
+        close_all(cancel=True)
+        raise SystemExit(128 + signum)
+
+    for sig in signals or (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def usage_counters() -> dict:
+    """:func:`qpu_usage` as flat per-process record fields (like ``a3c.quantum_counters``):
+    ``{"qpu_s", "qpu_measured_s", "qpu_estimated_s", "qpu_jobs"}``, cumulative in this process."""
+    u = qpu_usage()
+    return {
+        "qpu_s": u["qpu_seconds"],
+        "qpu_measured_s": u["measured_s"],
+        "qpu_estimated_s": u["estimated_s"],
+        "qpu_jobs": u["jobs"],
+    }
+
+
 @atexit.register
 def _close_all_sessions() -> None:
     """Last resort (e.g. an exception outside run_worker's finally): close open sessions."""
