@@ -114,7 +114,7 @@ class Profile:
             return "nothing (torch)" + (" + qiskit-aer (noise channels)" + fake if fake else "")
         if self.kind in ("aer", "aer_device"):
             return "qiskit-aer" + fake
-        if self.runtime.get("fake_backend"):
+        if is_local(self):
             return "qiskit-ibm-runtime (local testing mode)"
         return "qiskit-ibm-runtime + saved IBM Quantum account (network)"
 
