@@ -88,6 +88,9 @@ def validate(cfg: TrainConfig) -> dict | None:
         problems.append(f"--gamma must be in (0, 1], got {cfg.gamma}")
     if cfg.update_every <= 0:
         problems.append(f"--update-every must be > 0, got {cfg.update_every}")
+    from .periodic_eval import config_problems
+
+    problems.extend(config_problems(cfg))  # --eval-every/--eval-episodes, --tensorboard extra
     if cfg.shots is not None and cfg.shots <= 0:
         problems.append(f"--shots must be > 0, got {cfg.shots}")
     if cfg.checkpoint_every <= 0:
