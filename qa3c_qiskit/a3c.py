@@ -38,6 +38,7 @@ Semantics of K learners in one process (a legal interleaving of K asynchronous a
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -271,6 +272,9 @@ def quantum_counters(model) -> dict:
     if not counters:
         return {}
     out = {f"q_{k}": sum(int(getattr(c, k)) for c in counters) for k in QUANTUM_COUNTERS}
+    execution = sys.modules.get("qa3c_qiskit.backends.execution")
+    if execution is not None and execution.qpu_usage()["jobs"]:  # IBM Runtime jobs were sent
+        out.update(execution.usage_counters())  # qpu_s etc., cumulative in this process
     shots = getattr(model, "shots_per_circuit", None)
     if shots:
         out["q_shots"] = out["q_circuits"] * int(shots)
@@ -289,6 +293,11 @@ def run_learners(
     global episode budget is used up or the hub says stop."""
     torch.set_num_threads(1)
     limit_blas_threads(1)  # numpy's BLAS too (the statevector engine's fast path)
+    qiskit_backend = spec.model == "quantum" and spec.backend != "statevector"
+    if qiskit_backend:  # a profile may give each worker rank its own QPU
+        from .backends import execution
+
+        execution.set_worker_rank(rank)
     gen = seed_everything(learners[0][1])
     model = ActorCritic(spec)
     if spec.model == "quantum":  # shots per circuit for the records' q_shots (None: exact)
@@ -310,6 +319,8 @@ def run_learners(
         for learner in group:
             learner.env.close()
         model.close()
+        if qiskit_backend:
+            execution.close_all()  # cancel in-flight Runtime jobs, close sessions/batches
 
 
 def sample_actions(probs: torch.Tensor, gens: list[torch.Generator]) -> list[int]:

@@ -40,6 +40,7 @@ RESUME_MUTABLE = {
     "tensorboard",
     "eval_every",
     "eval_episodes",
+    "max_qpu_seconds",
     "out",
     "run_name",
     "runner",

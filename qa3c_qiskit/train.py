@@ -388,6 +388,29 @@ class _Supervisor:
         self.t0 = time.time()
         self.wall0 = run.state.wall_time_s
         self.error: Failure | None = None
+        # QPU seconds (IBM backends): latest cumulative value per worker process, and what
+        # earlier incarnations of a restarted worker had used
+        self.qpu_last: dict[int, float] = {}
+        self.qpu_base: dict[int, float] = {}
+        self.qpu_capped = False
+
+    @property
+    def qpu_seconds(self) -> float:
+        return sum(self.qpu_last.values()) + sum(self.qpu_base.values())
+
+    def _meter_qpu(self, rec: dict) -> None:
+        """Sum the workers' QPU usage; stop the run cleanly at ``--max-qpu-seconds``."""
+        w, used = rec["worker"], float(rec["qpu_s"])
+        if used < self.qpu_last.get(w, 0.0):  # a restarted process counts from 0 again
+            self.qpu_base[w] = self.qpu_base.get(w, 0.0) + self.qpu_last[w]
+        self.qpu_last[w] = used
+        cap = self.run.cfg.max_qpu_seconds
+        if cap and not self.qpu_capped and self.qpu_seconds >= cap:
+            self.qpu_capped = True
+            text = f"QPU usage {self.qpu_seconds:.1f} s reached --max-qpu-seconds {cap:g}: stopping"
+            self.run.events(text)
+            self.prog.event(text)
+            self.runner.stop()  # checkpoint and session close follow on the normal stop path
 
     def global_state_dict(self) -> dict:
         """A detached copy of the current global parameters as a model state dict."""
@@ -409,6 +432,8 @@ class _Supervisor:
             run.state.episodes_done += 1
             done = run.state.episodes_done
             rec = msg.record
+            if "qpu_s" in rec:
+                self._meter_qpu(rec)
             self.writer.write(
                 {**rec, "episode": done, "wall_time": round(self.wall0 + rec["time"] - self.t0, 4)}
             )
@@ -581,7 +606,14 @@ def _summary(run: PreparedRun, sup: _Supervisor, steps0: int, signalled) -> dict
         "nonfinite_updates_skipped": state.nonfinite,
         "worker_restarts": state.restarts,
         "resumes": state.resume_count,
-        "status": "interrupted" if signalled else "failed" if sup.error else "complete",
+        "status": "interrupted"
+        if signalled
+        else "failed"
+        if sup.error
+        else "stopped at --max-qpu-seconds"
+        if sup.qpu_capped
+        else "complete",
+        **({"qpu_seconds_used": sup.qpu_seconds} if sup.qpu_last else {}),
         **(sup.evaluator.summary() if sup.evaluator is not None else {}),
     }
 

@@ -215,3 +215,30 @@ def test_stop_handler_closes_sessions_then_exits(tmp_path):
     finally:
         signal.signal(signal.SIGTERM, old)
         lay.close()
+
+
+def test_supervisor_stops_the_run_at_the_qpu_cap_and_counts_restarted_workers():
+    """The trainer sums the workers' cumulative QPU seconds (a restarted process starts again
+    from 0) and asks the runner to stop once --max-qpu-seconds is reached."""
+    import types
+
+    from qa3c_qiskit.train import _Supervisor
+
+    stops, events = [], []
+    run = types.SimpleNamespace(
+        cfg=types.SimpleNamespace(max_qpu_seconds=100.0),
+        events=events.append,
+        state=types.SimpleNamespace(wall_time_s=0.0),
+    )
+    runner = types.SimpleNamespace(stop=lambda: stops.append(1))
+    prog = types.SimpleNamespace(event=events.append)
+    sup = _Supervisor(run, runner, None, prog)
+    sup._meter_qpu({"worker": 0, "qpu_s": 30.0})
+    sup._meter_qpu({"worker": 1, "qpu_s": 40.0})
+    sup._meter_qpu({"worker": 0, "qpu_s": 5.0})  # worker 0 restarted: 30 + 5
+    assert sup.qpu_seconds == 75.0 and not stops
+    sup._meter_qpu({"worker": 1, "qpu_s": 66.0})  # 30 + 5 + 66 = 101 >= 100
+    assert sup.qpu_seconds == 101.0 and stops == [1] and sup.qpu_capped
+    assert any("--max-qpu-seconds" in e for e in events)
+    sup._meter_qpu({"worker": 1, "qpu_s": 70.0})
+    assert stops == [1]  # asked once

@@ -228,6 +228,12 @@ def _worker_main(rank, learners, env_id, spec, settings, hub):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _launch
+    if spec.model == "quantum" and spec.backend != "statevector":
+        from ..backends import execution, resolve
+
+        if resolve(spec.backend, spec.shots, spec.n_qubits).kind == "ibm_runtime":
+            # SIGTERM: cancel in-flight jobs and close the Session/Batch before exiting
+            execution.install_stop_handler([signal.SIGTERM])
     hub.conn.send(("ready", None))  # imports done: from now on it polls the stop flag
     try:
         run_learners(rank, learners, env_id, spec, settings, hub)
