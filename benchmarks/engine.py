@@ -47,7 +47,9 @@ def load_before(rev: str, vqc):
             capture_output=True,
             text=True,
         ).stdout
-        (pkg / name).write_text(src.replace("from .circuit import", "from qa3c_qiskit.circuit import"))
+        (pkg / name).write_text(
+            src.replace("from .circuit import", "from qa3c_qiskit.circuit import")
+        )
     (pkg / "__init__.py").write_text("")
     sys.path.insert(0, str(tmp))
     mod = importlib.import_module("qa3c_before.engine")
@@ -130,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
             calls = {k: make_calls(e, batch, per_sample) for k, e in engines.items()}
             names = [k for k, c in calls.items() if c is not None]
             times = best_times([f for k in names for f in calls[k]], args.rounds)
-            us = {k: [t * 1e6 / batch for t in times[2 * i : 2 * i + 2]] for i, k in enumerate(names)}
+            us = {
+                k: [t * 1e6 / batch for t in times[2 * i : 2 * i + 2]] for i, k in enumerate(names)
+            }
             now = us["now"]
             row = f"{batch:>3} {'per-sample' if per_sample else 'shared':>10} | "
             row += f"{now[0]:>7.2f} {now[1]:>8.2f}"

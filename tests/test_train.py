@@ -30,7 +30,15 @@ def test_run_directory_contents(tmp_path):
     with open(run / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["episode"]) for r in rows] == list(range(1, 13))
-    assert set(rows[0]) >= {"episode", "worker", "learner", "return", "length", "wall_time", "env_steps"}
+    assert set(rows[0]) >= {
+        "episode",
+        "worker",
+        "learner",
+        "return",
+        "length",
+        "wall_time",
+        "env_steps",
+    }
     steps = [int(r["env_steps"]) for r in rows]
     assert steps[-1] >= sum(int(r["length"]) for r in rows) - 10 and min(steps) > 0
     saved = torch.load(run / "model.pt", weights_only=False)
