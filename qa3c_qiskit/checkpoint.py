@@ -125,9 +125,26 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _write_atomic(path: Path, write) -> None:
+    """Write ``path`` atomically: ``write(fh)`` fills a temp file in the same folder, which is
+    fsynced and renamed over ``path`` (then the folder is fsynced), so a crash or error mid-write
+    leaves the previous file intact; the temp file is removed on an error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def save_checkpoint(path: Path, state: dict) -> int:
     """Atomically write ``state`` to ``path``; return the file size in bytes."""
-    path = Path(path)
     buf = io.BytesIO()
     torch.save(state, buf)  # serialise first: a failure here never touches the folder
     payload = buf.getvalue()
@@ -137,36 +154,19 @@ def save_checkpoint(path: Path, state: dict) -> int:
         len(payload),
         hashlib.sha256(payload).hexdigest().encode(),
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(header)
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+
+    def write(fh) -> None:
+        fh.write(header)
+        fh.write(payload)
+
+    _write_atomic(path, write)
     return len(header) + len(payload)
 
 
 def save_atomic(obj, path: Path) -> None:
     """``torch.save(obj, path)`` atomically: temp file in the same folder, fsync, rename, so a
     crash mid-write leaves the previous file intact (used for ``model.pt``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    _write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: Path) -> dict:
