@@ -40,7 +40,7 @@ Seed k uses base seed ``seed + 100 * k`` (or ``--seed-list``); actor-learner i o
 ``seed + i``, so runs of up to 100 learners never share a learner seed.
 
 The statistics (Welch's t-test on the final average-100 over seeds, t quantiles of the 95% CI
-band) are computed in :mod:`qa3c_qiskit.plot` with :mod:`math` alone (no scipy needed).
+band) are computed in :mod:`qa3c_qiskit.stats` with :mod:`math` alone (no scipy needed).
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ from .plot import (
     draw_groups,
     load_compact,
     style_axes,
-    welch_t_test,
     write_curve,
 )
+from .stats import welch_t_test
 
 MODELS = ("quantum", "classical")
 SEED_STRIDE = 100

@@ -14,7 +14,6 @@ from qa3c_qiskit.config import TrainConfig
 from qa3c_qiskit.metrics import MetricsWriter, moving_average
 from qa3c_qiskit.plot import (
     CURVE_FILE,
-    betainc_reg,
     compact_curve,
     group_curves,
     load_compact,
@@ -22,9 +21,9 @@ from qa3c_qiskit.plot import (
     main,
     plot_runs,
     read_curve,
-    t_ppf,
     write_curve,
 )
+from qa3c_qiskit.stats import betainc_reg, t_ppf
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

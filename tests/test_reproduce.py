@@ -18,7 +18,7 @@ import pytest
 from qa3c_qiskit.config import TrainConfig
 from qa3c_qiskit.envs import PAPER_ENVS
 from qa3c_qiskit.metrics import MetricsWriter, moving_average, summarize
-from qa3c_qiskit.plot import CURVE_FILE, load_compact, welch_t_test
+from qa3c_qiskit.plot import CURVE_FILE, load_compact
 from qa3c_qiskit.reproduce import (
     PAPER_PROTOCOL,
     PAPER_TABLE1,
@@ -29,6 +29,7 @@ from qa3c_qiskit.reproduce import (
     run_name,
     table1_rows,
 )
+from qa3c_qiskit.stats import welch_t_test
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COMPACT_FILES = {"config.json", "summary.json", "run.json", CURVE_FILE}
