@@ -17,18 +17,12 @@ import pytest
 
 from qa3c_qiskit.config import TrainConfig
 from qa3c_qiskit.envs import PAPER_ENVS
+from qa3c_qiskit.export import export_run
 from qa3c_qiskit.metrics import MetricsWriter, moving_average, summarize
 from qa3c_qiskit.plot import CURVE_FILE, load_compact
-from qa3c_qiskit.reproduce import (
-    PAPER_PROTOCOL,
-    PAPER_TABLE1,
-    aggregate,
-    build_parser,
-    export_run,
-    main,
-    run_name,
-    table1_rows,
-)
+from qa3c_qiskit.report import PAPER_TABLE1, table1_rows
+from qa3c_qiskit.reproduce import PAPER_PROTOCOL, build_parser, main, run_name
+from qa3c_qiskit.results import aggregate
 from qa3c_qiskit.stats import welch_t_test
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
