@@ -222,7 +222,7 @@ def test_supervisor_stops_the_run_at_the_qpu_cap_and_counts_restarted_workers():
     from 0) and asks the runner to stop once --max-qpu-seconds is reached."""
     import types
 
-    from qa3c_qiskit.train import _Supervisor
+    from qa3c_qiskit.supervise import _Supervisor
 
     stops, events = [], []
     run = types.SimpleNamespace(
