@@ -97,10 +97,10 @@ def test_aer_shots_within_five_standard_errors_and_really_sampled():
     assert set(z.flatten().tolist()) <= {-1.0, 1.0}
 
 
-@pytest.mark.parametrize("backend, steps", [("aer_shots", 5), ("aer_noisy", 1)])
+@pytest.mark.parametrize("backend, steps", [("aer_shots", 5), ("density_noisy", 1)])
 def test_update_is_two_primitive_calls_and_action_one(backend, steps):
     """An A3C update (critic on B+1 states, actor on B, backward) = 2 calls; an action = 1
-    (aer_noisy: the density engine's fast shift path, counted as if its circuits had run)."""
+    (density_noisy: the density engine's fast shift path, counted as if its circuits had run)."""
     torch.manual_seed(3)
     model = ActorCritic(ModelSpec(4, 2, backend=backend))
     obs = torch.randn(steps + 1, 4, dtype=torch.float64)
@@ -117,14 +117,14 @@ def test_update_is_two_primitive_calls_and_action_one(backend, steps):
     model.close()
 
 
-def test_aer_noisy_runs_a_full_episode():
-    res = evaluate_policy(ModelSpec(4, 2, backend="aer_noisy"), None, "CartPole-v1", episodes=1)
+def test_density_noisy_runs_a_full_episode():
+    res = evaluate_policy(ModelSpec(4, 2, backend="density_noisy"), None, "CartPole-v1", episodes=1)
     assert res["lengths"][0] >= 1 and res["returns"][0] == res["lengths"][0]
 
 
-def test_aer_noisy_expectations_are_damped_by_noise():
+def test_density_noisy_expectations_are_damped_by_noise():
     torch.manual_seed(4)
-    lay = layer("aer_noisy", shots=100_000)
+    lay = layer("density_noisy", shots=100_000)
     x = torch.full((1, 8), 50.0, dtype=torch.float64)  # Ry(~pi/2) H|0> = |1>: a basis state
     with torch.no_grad():
         y, exact = lay(x), twin(lay)(x)
@@ -136,7 +136,7 @@ def test_aer_noisy_expectations_are_damped_by_noise():
 
 
 def test_density_engine_matches_aer_density_matrix_values_gradients_and_readout():
-    """The torch noisy density-matrix engine (aer_noisy) == Aer's density matrix on the same
+    """The torch noisy density-matrix engine (density_noisy) == Aer's density matrix on the same
     device noise model, and its 2-sweep parameter shift == running every shifted circuit."""
     from qiskit import transpile
     from qiskit_aer import AerSimulator
@@ -185,7 +185,7 @@ def test_unknown_backend_is_a_one_line_error_listing_known_ones():
         check_backend("aer_bogus")
     msg = str(exc.value)
     assert "\n" not in msg and "'aer_bogus'" in msg
-    for name in ("statevector", "aer_statevector", "aer_shots", "aer_noisy", "aer_device"):
+    for name in ("statevector", "aer_statevector", "aer_shots", "density_noisy", "aer_device"):
         assert name in msg
 
 
@@ -232,8 +232,37 @@ def test_user_profile_by_name_and_by_path(tmp_path, monkeypatch):
 def test_backends_cli_prints_table(capsys):
     assert backends.main([]) == 0
     out = capsys.readouterr().out
-    for name in ("statevector", "aer_shots", "aer_noisy", "aer_device", "ibm_runtime"):
+    for name in ("statevector", "aer_shots", "density_noisy", "aer_device", "ibm_runtime"):
         assert name in out
+    # what executes each backend, in the listing
+    for engine in ("exact engine", "Aer", "in-package", "density-matrix", "Runtime local", "QPU"):
+        assert engine in out
+
+
+def test_every_aer_name_runs_aer_and_the_listing_says_what_executes():
+    rows = {r["name"]: r for r in backends.table_rows()}
+    for name, row in rows.items():
+        if name.startswith("aer_") and name != "aer_noisy":
+            assert row["runs on"] == "Aer", row
+    assert rows["statevector"]["runs on"] == "exact engine (in-package)"
+    assert rows["density_noisy"]["runs on"] == "in-package density-matrix engine"
+    assert rows["ibm_runtime_local"]["runs on"] == "Runtime local mode"
+    assert rows["ibm_runtime"]["runs on"] == "real QPU"
+    # the old name: listed as what it is, a deprecated name of density_noisy
+    assert rows["aer_noisy"]["runs on"] == "in-package density-matrix engine"
+    assert rows["aer_noisy"]["status"] == "deprecated name of density_noisy"
+
+
+def test_aer_noisy_is_a_deprecated_alias_of_density_noisy(capsys, monkeypatch):
+    from qa3c_qiskit.backends import registry
+
+    monkeypatch.setattr(registry, "_NOTICED", set())
+    p = backends.resolve("aer_noisy")
+    assert (p.name, p.kind) == ("density_noisy", "torch_density")
+    backends.resolve("aer_noisy")  # the notice is printed once per process
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'aer_noisy' is deprecated" in err[0] and "'density_noisy'" in err[0]
+    assert "aer_noisy" not in backends.known_backends()  # no profile of its own
 
 
 def test_ibm_runtime_two_workers_own_sessions_closed(tmp_path, monkeypatch):
@@ -360,9 +389,12 @@ def test_builtin_profiles_found_from_any_directory_and_user_folder_wins(tmp_path
     monkeypatch.delenv(backends.BACKENDS_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     known = backends.known_backends()
-    for name in ("statevector", "aer_statevector", "aer_shots", "aer_noisy", "aer_device"):
+    for name in ("statevector", "aer_statevector", "aer_shots", "density_noisy", "aer_device"):
         assert known[name].parent == backends.BUILTIN_DIR
     (tmp_path / "backends").mkdir()
     write_profile(tmp_path / "backends", "aer_shots", 'kind = "aer"\nshots = 32\n')
     assert backends.resolve("aer_shots").shots == 32
-    assert backends.load_profile("aer_noisy").kind == "torch_density"
+    assert backends.load_profile("density_noisy").kind == "torch_density"
+    assert backends.load_profile("aer_noisy").kind == "torch_density"  # deprecated alias
+    write_profile(tmp_path / "backends", "aer_noisy", 'kind = "aer"\nshots = 16\n')
+    assert backends.load_profile("aer_noisy").kind == "aer"  # a user's own aer_noisy wins

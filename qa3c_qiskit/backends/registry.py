@@ -17,6 +17,12 @@ A user adds a backend by adding a file. Fields (all optional except ``kind``):
 * ``description``, ``shots`` (int > 0), ``seed`` (simulator/transpiler seed, int),
   ``noise_source`` (a ``qiskit_ibm_runtime.fake_provider`` backend, e.g. ``FakeGuadalupeV2``),
   ``method`` (Aer simulation method, Aer kinds only), ``optimization_level`` (0-3);
+* ``gradient`` (every kind but ``statevector``, which differentiates exactly): ``param_shift``
+  (default; ``1 + 2G`` circuits per sample, exact in expectation) or ``spsa`` (simultaneous
+  perturbation of all ``G`` gate angles: 3 circuits per sample, the value and ``theta +- c
+  Delta``); with ``spsa``: ``spsa_perturbation`` (``c`` in radians, float > 0, default
+  :data:`DEFAULT_SPSA_PERTURBATION`) and ``spsa_seed`` (int, default 0) seeding the draws of
+  ``Delta`` (see :class:`~qa3c_qiskit.backends.gradient.SPSAGradient`);
 * ``[runtime]`` (``ibm_runtime`` only): ``channel``, ``instance``, ``backend`` (an IBM backend
   name) or ``backends`` (a list: worker process ``r`` uses ``backends[r % len]``, one QPU per
   worker), ``fake_backend`` / ``fake_backends`` (fake backends: local testing mode, no network
@@ -32,7 +38,9 @@ Run ``python -m qa3c_qiskit.backends`` for the table of known backends.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -43,6 +51,16 @@ from .noise import fake_backend
 # Profiles
 # --------------------------------------------------------------------------------------------
 KINDS = ("statevector", "aer", "torch_density", "aer_device", "ibm_runtime")
+#: the gradient estimators of the Qiskit kinds (profile key ``gradient``)
+GRADIENTS = ("param_shift", "spsa")
+#: SPSA's default perturbation c (radians). The bias is O(c^2), on the paper's circuit mostly a
+#: uniform shrinkage (mean estimate 0.92x the exact gradient at c = 0.1, 0.73x at 0.2, cosine to
+#: it 0.998: tests/test_spsa.py), a scale Adam largely ignores. The shot noise per angle,
+#: ~sigma / (sqrt(2) c) = 0.22 at 1024 shots, stays below SPSA's own random-direction noise
+#: (~|grad|, 0.6-1 here); c = 0.05 would double it to gain ~6% of scale
+DEFAULT_SPSA_PERTURBATION = 0.1
+#: deprecated profile names -> the profile they load (a one-line notice is printed once)
+ALIASES = {"aer_noisy": "density_noisy"}
 AER_METHODS = ("automatic", "statevector", "density_matrix", "matrix_product_state")
 #: where a Runtime profile runs
 RUNTIME_TARGET_KEYS = (
@@ -101,6 +119,9 @@ class Profile:
     noise_source: str | None = None
     method: str = "automatic"
     optimization_level: int = 1
+    gradient: str = "param_shift"
+    spsa_perturbation: float | None = None
+    spsa_seed: int | None = None
     runtime: dict = field(default_factory=dict)
     path: str | None = None
 
@@ -117,6 +138,33 @@ class Profile:
         if is_local(self):
             return "qiskit-ibm-runtime (local testing mode)"
         return "qiskit-ibm-runtime + saved IBM Quantum account (network)"
+
+    def engine(self) -> str:
+        """What executes the circuits, in a few words (the backend list's ``runs on`` column)."""
+        if self.kind == "statevector":
+            return "exact engine (in-package)"
+        if self.kind == "torch_density":
+            return "in-package density-matrix engine"
+        if self.kind in ("aer", "aer_device"):
+            return "Aer"
+        if self.kind == "ibm_runtime":
+            return "Runtime local mode" if is_local(self) else "real QPU"
+        return "?"
+
+    def gradient_options(self) -> dict:
+        """``{"gradient", "spsa_perturbation", "spsa_seed"}`` with defaults filled in (the SPSA
+        keys only for ``gradient = "spsa"``)."""
+        if self.gradient != "spsa":
+            return {"gradient": self.gradient}
+        return {
+            "gradient": "spsa",
+            "spsa_perturbation": float(
+                DEFAULT_SPSA_PERTURBATION
+                if self.spsa_perturbation is None
+                else self.spsa_perturbation
+            ),
+            "spsa_seed": 0 if self.spsa_seed is None else self.spsa_seed,
+        }
 
 
 def backend_dirs() -> list[Path]:
@@ -149,6 +197,9 @@ def load_profile(name: str) -> Profile:
             raise ValueError(f"backend profile file {name!r} not found")
     else:
         known = known_backends()
+        if name not in known and ALIASES.get(name) in known:
+            _alias_notice(name)
+            return load_profile(ALIASES[name])
         if name not in known:
             raise ValueError(
                 f"unknown backend {name!r}; known backends: {', '.join(sorted(known))}"
@@ -177,6 +228,18 @@ def load_profile(name: str) -> Profile:
 
 
 _SV_DESCRIPTION = "exact torch statevector engine (default), exact adjoint gradients"
+_NOTICED: set[str] = set()
+
+
+def _alias_notice(name: str) -> None:
+    """Print, once per process, that ``name`` is a deprecated alias (stderr, one line)."""
+    if name not in _NOTICED:
+        _NOTICED.add(name)
+        print(
+            f"note: backend {name!r} is deprecated, renamed {ALIASES[name]!r} (it runs the "
+            f"in-package density-matrix engine, not Aer); loading {ALIASES[name]!r}",
+            file=sys.stderr,
+        )
 
 
 def profile_problems(p: Profile, n_qubits: int | None = None) -> list[str]:
@@ -201,6 +264,7 @@ def profile_problems(p: Profile, n_qubits: int | None = None) -> list[str]:
         out.append(f"{where}: kind 'ibm_runtime' samples; set shots or [runtime] precision")
     if p.kind == "ibm_runtime" and p.shots is not None and p.runtime.get("precision"):
         out.append(f"{where}: set shots or [runtime] precision, not both")
+    out.extend(gradient_problems(p))
     if p.kind == "aer_device" and not p.noise_source:
         out.append(f"{where}: kind 'aer_device' needs noise_source (a fake backend name)")
     devices = []
@@ -227,6 +291,32 @@ def profile_problems(p: Profile, n_qubits: int | None = None) -> list[str]:
             continue
         if n_qubits is not None and backend.num_qubits < n_qubits:
             out.append(f"{where}: {dev} has {backend.num_qubits} qubits, the VQC needs {n_qubits}")
+    return out
+
+
+def gradient_problems(p: Profile) -> list[str]:
+    """One-line problems with a profile's ``gradient``, ``spsa_perturbation``, ``spsa_seed``."""
+    where = f"backend {p.name!r}"
+    if p.gradient not in GRADIENTS:
+        return [f"{where}: unknown gradient {p.gradient!r}; choose one of {', '.join(GRADIENTS)}"]
+    out = []
+    c, seed = p.spsa_perturbation, p.spsa_seed
+    if p.kind == "statevector" and p.gradient != "param_shift":
+        out.append(
+            f"{where}: gradient = {p.gradient!r} needs a Qiskit kind; the statevector engine "
+            f"differentiates exactly (accepted here: param_shift)"
+        )
+    if p.gradient != "spsa" and (c is not None or seed is not None):
+        out.append(f"{where}: spsa_perturbation/spsa_seed need gradient = 'spsa'")
+    if c is not None and (
+        isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0
+    ):
+        out.append(
+            f"{where}: spsa_perturbation = {c!r} is not accepted; expected a float > 0 "
+            f"(radians, default {DEFAULT_SPSA_PERTURBATION})"
+        )
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        out.append(f"{where}: spsa_seed = {seed!r} is not accepted; expected an integer")
     return out
 
 
@@ -330,29 +420,43 @@ def check_backend(name: str) -> None:
 # CLI: the table of known backends
 # --------------------------------------------------------------------------------------------
 def table_rows() -> list[dict]:
-    """One row per known backend: name, kind, shots, noise, needs, status, description."""
-    rows = []
-    for name, path in sorted(known_backends().items()):
-        try:
-            p = load_profile(name if str(path) == "<built-in>" else str(path))
-            problems = profile_problems(p)
-            status = "ok" if not problems else problems[0]
-        except ValueError as exc:
-            p, status = Profile(name=name, kind="?"), str(exc)
-        targets = ", ".join(runtime_targets(p)) if p.kind == "ibm_runtime" else ""
-        noise = p.noise_source or targets or "-"
-        rows.append(
-            {
-                "name": name,
-                "kind": p.kind,
-                "shots": "exact" if p.shots is None else str(p.shots),
-                "device": noise,
-                "needs": p.needs(),
-                "status": status,
-                "description": p.description,
-            }
-        )
-    return rows
+    """One row per known backend and per deprecated alias: name, kind, runs on (what executes:
+    exact engine, Aer, in-package density-matrix engine, Runtime local mode, real QPU), shots,
+    gradient, device, needs, status, description."""
+    known = known_backends()
+    rows = [_row(name, path) for name, path in sorted(known.items())]
+    for alias, target in ALIASES.items():
+        if alias not in known and target in known:
+            row = _row(target, known[target])
+            rows.append({**row, "name": alias, "status": f"deprecated name of {target}"})
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def _row(name: str, path: Path) -> dict:
+    try:
+        p = load_profile(name if str(path) == "<built-in>" else str(path))
+        problems = profile_problems(p)
+        status = "ok" if not problems else problems[0]
+    except ValueError as exc:
+        p, status = Profile(name=name, kind="?"), str(exc)
+    targets = ", ".join(runtime_targets(p)) if p.kind == "ibm_runtime" else ""
+    if p.kind == "statevector":
+        grad = "exact (adjoint)"
+    elif p.gradient == "spsa" and not gradient_problems(p):
+        grad = f"spsa (c = {p.gradient_options()['spsa_perturbation']:g})"
+    else:
+        grad = str(p.gradient)
+    return {
+        "name": name,
+        "kind": p.kind,
+        "runs on": p.engine(),
+        "shots": "exact" if p.shots is None else str(p.shots),
+        "gradient": grad,
+        "device": p.noise_source or targets or "-",
+        "needs": p.needs(),
+        "status": status,
+        "description": p.description,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,12 +513,14 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    cols = ("name", "kind", "shots", "device", "needs", "status", "description")
+    rows = table_rows()
+    cols = ("name", "kind", "runs on", "shots", "gradient", "device", "needs", "status")
+    cols += ("description",)
     dirs = ", ".join(str(d) for d in backend_dirs() if d.is_dir())
     table = Table(title=f"Backends (profiles in {dirs})")
     for col in cols:
         table.add_column(col, overflow="fold")
-    for r in table_rows():
+    for r in rows:
         table.add_row(*(escape(r[c]) for c in cols))
-    Console(width=max(Console().width, 160)).print(table)
+    Console(width=max(Console().width, 200)).print(table)
     return 0
