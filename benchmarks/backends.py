@@ -3,11 +3,14 @@ update, and the error of shot-based <Z_i> against exact values.
 
     python benchmarks/backends.py                 # all rows (the baseline takes ~1 min)
     python benchmarks/backends.py --no-baseline --actions 20
-    python benchmarks/backends.py --only aer_noisy --noisy-before   # aer_noisy before/after
+    python benchmarks/backends.py --only density_noisy --noisy-before   # before/after
+    python benchmarks/backends.py --only aer_shots,aer_shots_spsa         # gradients compared
 
-``--noisy-before`` adds two rows for ``aer_noisy``'s profile run on Aer's density matrix: with
-the noise model as first built (every gate error of the 8 logical qubits) and with the compact
-model (only the gates the circuit uses); the plain ``aer_noisy`` row is the in-package engine.
+``--noisy-before`` adds two rows for ``density_noisy``'s noise model (formerly ``aer_noisy``)
+run on Aer's density matrix: with the noise model as first built (every gate error of the 8
+logical qubits) and with the compact model (only the gates the circuit uses); the plain
+``density_noisy`` row is the in-package density-matrix engine. ``aer_shots_spsa`` is
+``aer_shots`` with SPSA gradients (3 circuits per sample instead of 1 + 2G).
 
 Rows: each built-in backend through the registry, plus ``qiskit-ml default`` =
 ``TorchConnector(EstimatorQNN)`` with qiskit-machine-learning's default
@@ -70,7 +73,7 @@ class DefaultGradientLayer(QiskitLayer):
 
 @contextlib.contextmanager
 def full_noise_model():
-    """``aer_noisy`` as first built: the noise model holds every gate error of the 8 logical
+    """``density_noisy``'s noise as first built: the noise model holds every gate error of the 8 logical
     qubits (all 56 ordered CX pairs, reset/id/x/sx), not only those the circuit uses."""
     compact = noise.logical_noise_model
     noise.logical_noise_model = lambda device, n, circuit=None: compact(device, n)
@@ -139,7 +142,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--noisy-before",
         action="store_true",
-        help="add aer_noisy rows on Aer's density matrix (full and compact noise model)",
+        help="add density_noisy rows on Aer's density matrix (full and compact noise model)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -148,18 +151,19 @@ def main(argv=None) -> None:
         ("statevector", args.actions, args.updates),
         ("aer_statevector", args.actions, args.updates),
         ("aer_shots", args.actions, args.updates),
-        ("aer_noisy", max(3, args.actions // 5), 1),
+        ("aer_shots_spsa", args.actions, args.updates),
+        ("density_noisy", max(3, args.actions // 5), 1),
     ]
     if not args.no_device:
         plan.append(("aer_device", 3, 0))  # an update is ~1400 routed noisy circuits: skipped
     variants = {}  # row label -> (backend name or profile path, context)
     if args.noisy_before:
-        # aer_noisy's noise on Aer's density matrix instead of the in-package engine
+        # density_noisy's noise on Aer's density matrix instead of the in-package engine
         variants = {
-            "aer_noisy, before (Aer DM, full model)": ("aer_noisy_aer", full_noise_model),
-            "aer_noisy, Aer DM, compact model": ("aer_noisy_aer", contextlib.nullcontext),
+            "density_noisy, before (Aer DM, full model)": ("aer_noisy_aer", full_noise_model),
+            "density_noisy, Aer DM, compact model": ("aer_noisy_aer", contextlib.nullcontext),
         }
-        noisy = next(i for i, row in enumerate(plan) if row[0] == "aer_noisy")
+        noisy = next(i for i, row in enumerate(plan) if row[0] == "density_noisy")
         for label in reversed(list(variants)):
             plan.insert(noisy, (label, *plan[noisy][1:]))
     if args.only:
@@ -173,7 +177,7 @@ def main(argv=None) -> None:
             row = {"backend": label, **bench_model(model, n_act, n_upd)}
             model.close()
             kind = label.split(",")[0]
-            if kind in ("aer_shots", "aer_noisy", "aer_device"):
+            if kind in ("aer_shots", "density_noisy", "aer_device"):
                 for shots in (128, 1024, 8192):
                     if kind == "aer_device" and shots > 1024:
                         continue

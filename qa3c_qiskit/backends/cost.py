@@ -8,8 +8,10 @@ run (from the device's own timing data, :mod:`~qa3c_qiskit.backends.timing`).
 Counting follows the code path of :mod:`~qa3c_qiskit.backends.gradient`: an action is one
 primitive call of one PUB holding one circuit per acting learner; an update is one call of one
 PUB for all closed segments, each segment of ``S`` steps contributing ``2 S + 1`` samples (actor
-``S``, critic ``S`` plus the bootstrap state) and every sample ``1 + 2 G`` circuits (the unshifted
-circuit and the two shifts of each of the ``G`` parameterized gates of the executed circuit).
+``S``, critic ``S`` plus the bootstrap state) and every sample ``1 + 2 G`` circuits with the
+parameter-shift gradient (the unshifted circuit and the two shifts of each of the ``G``
+parameterized gates of the executed circuit) or 3 with SPSA (the value and ``theta +- c Delta``).
+The report gives the update cost of both gradients (``per_update["circuits_per_segment_by_gradient"]``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 from dataclasses import replace
 
 from .registry import (
+    GRADIENTS,
     Profile,
     _credential_problems,
     is_local,
@@ -101,7 +104,7 @@ def report(
     actor-learners (no network, nothing opened). ``episode_length``: assumed mean episode length
     (default: the env's time limit, an upper bound)."""
     from . import timing
-    from .gradient import GateShiftPlan
+    from .gradient import GateShiftPlan, circuits_per_sample
 
     p = load_profile(name)
     if shots is not None:
@@ -126,7 +129,8 @@ def report(
         two_q += len(qs) == 2
     layout = (circuit.metadata or {}).get("layout")
     g = GateShiftPlan(circuit).num_gates
-    per_sample = 1 + 2 * g
+    grad = p.gradient_options()
+    per_sample = circuits_per_sample(grad["gradient"], g)
     s = update_every
     segment_samples = 2 * s + 1
     length = float(episode_length)
@@ -163,9 +167,14 @@ def report(
             "circuits": learners if quantum else 0,
             "note": f"one call for the {learners} acting learner(s) of a process, one PUB",
         },
+        "gradient": grad if quantum else {"gradient": "exact (adjoint)"},
         "per_update": {
             "calls": 1 if quantum else 0,
             "circuits_per_segment": segment_samples * per_sample if quantum else 0,
+            "circuits_per_segment_by_gradient": {
+                name: segment_samples * circuits_per_sample(name, g) if quantum else 0
+                for name in GRADIENTS
+            },
             "note": f"one call for all closed segments; a {s}-step segment = {segment_samples} "
             f"samples x {per_sample} circuits",
         },
@@ -200,6 +209,10 @@ def report(
         out["qpu_seconds"] = {
             "per_action": learners * sec,
             "per_update_segment": segment_samples * per_sample * sec,
+            "per_update_segment_by_gradient": {
+                name: n * sec
+                for name, n in out["per_update"]["circuits_per_segment_by_gradient"].items()
+            },
             "per_episode": out["per_episode"]["circuits"] * sec,
             "run": run_circuits * sec,
         }
@@ -212,6 +225,15 @@ def _fmt_s(x: float) -> str:
     if x < 7200:
         return f"{x / 60:.3g} min"
     return f"{x / 3600:.3g} h"
+
+
+def _fmt_gradient(grad: dict) -> str:
+    if grad["gradient"] == "spsa":
+        return (
+            f"spsa (c = {grad['spsa_perturbation']:g} rad, spsa_seed {grad['spsa_seed']}; "
+            f"unbiased up to O(c^2), more variance)"
+        )
+    return f"{grad['gradient']} (exact in expectation)"
 
 
 def format_report(r: dict) -> str:
@@ -234,6 +256,11 @@ def format_report(r: dict) -> str:
         f"({a['learners']} learner(s))",
         f"  per update: 1 call, {r['per_update']['circuits_per_segment']:,} circuits per closed "
         f"{a['update_every']}-step segment ({r['per_update']['note'].split('; ')[1]})",
+        f"  gradient {_fmt_gradient(r['gradient'])}; circuits per update segment: "
+        + ", ".join(
+            f"{name} {n:,}"
+            for name, n in r["per_update"]["circuits_per_segment_by_gradient"].items()
+        ),
         f"  per episode (mean length {a['mean_episode_length']:g} steps assumed): "
         f"{r['per_episode']['circuits']:,.0f} circuits",
         f"  run ({a['episodes']} episodes, {a['learners']} learner(s)): "
@@ -249,6 +276,10 @@ def format_report(r: dict) -> str:
             f"  QPU time: per action {_fmt_s(q['per_action'])}, per update segment "
             f"{_fmt_s(q['per_update_segment'])}, per episode {_fmt_s(q['per_episode'])}, "
             f"run {_fmt_s(q['run'])}",
+            "  QPU time per update segment by gradient: "
+            + ", ".join(
+                f"{name} {_fmt_s(v)}" for name, v in q["per_update_segment_by_gradient"].items()
+            ),
             f"  ({t['note']})",
         ]
     return "\n".join(lines)

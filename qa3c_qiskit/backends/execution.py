@@ -43,6 +43,9 @@ class Execution:
     observables: list  # Z_i, following the transpiled layout
     precision: float  # passed to every estimator call: 0 = exact, 1/sqrt(shots) otherwise
     close: Callable[[], None] = field(default=lambda: None)
+    #: the profile's gradient options (``Profile.gradient_options``); for SPSA ``spsa_seed`` is
+    #: this layer's seed: [profile spsa_seed, worker seed, layer index in the process]
+    gradient: dict = field(default_factory=dict)
 
 
 class ExecutionBuilder:
@@ -65,7 +68,16 @@ class ExecutionBuilder:
             "aer_device": aer_device_execution,
             "ibm_runtime": runtime_execution,
         }[p.kind]
-        return build(p, vqc, seed)
+        ex = build(p, vqc, seed)
+        ex.gradient = p.gradient_options()
+        if "spsa_seed" in ex.gradient:
+            # distinct, reproducible draws per worker and per layer (actor, critic)
+            ex.gradient["spsa_seed"] = [
+                ex.gradient["spsa_seed"],
+                torch.initial_seed(),
+                ExecutionBuilder._count,
+            ]
+        return ex
 
 
 def _precision(p: Profile) -> float:

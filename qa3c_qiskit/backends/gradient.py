@@ -152,10 +152,6 @@ class BatchedParamShiftGradient(BaseEstimatorGradient):
         values = np.asarray(values, dtype=float).reshape(-1, len(plan.params))
         g = plan.num_gates
         theta = plan.angles(values)  # [N, G]
-        shift = 0.5 * np.pi * np.eye(g)
-        sets = np.concatenate(
-            [theta[:, None, :], theta[:, None, :] + shift, theta[:, None, :] - shift], axis=1
-        )  # [N, 1 + 2G, G]
         if isinstance(self._estimator, ShiftValuesEstimator):
             # the estimator computes the same [n_obs, N, 1 + 2G] values without running each
             # shifted circuit (the density-matrix engine: forward + backward sweep)
@@ -163,13 +159,28 @@ class BatchedParamShiftGradient(BaseEstimatorGradient):
                 plan.gate_circuit, plan.thetas, observables, theta, self.precision
             )
         else:
-            obs = ObservablesArray(list(observables)).reshape(-1, 1, 1)
-            pub = (plan.gate_circuit, obs, sets[..., plan.column_order])
-            job = self._estimator.run([pub], precision=self.precision)
-            evs = np.asarray(job.result()[0].data.evs)
+            shift = 0.5 * np.pi * np.eye(g)
+            sets = np.concatenate(
+                [theta[:, None, :], theta[:, None, :] + shift, theta[:, None, :] - shift], axis=1
+            )  # [N, 1 + 2G, G]
+            evs = self._run_angle_sets(plan, observables, sets)
         dtheta = 0.5 * (evs[..., 1 : 1 + g] - evs[..., 1 + g :])  # [n_obs, N, G]
-        grads = np.einsum("onk,nkp->onp", dtheta, plan.jacobian(values))
-        return evs[..., 0], grads
+        return evs[..., 0], self._chain_rule(plan, dtheta, values)
+
+    def _run_angle_sets(self, plan: GateShiftPlan, observables, sets: np.ndarray) -> np.ndarray:
+        """<O> [n_obs, N, S] of ``plan.gate_circuit`` at gate-angle sets [N, S, G]: one
+        primitive call, one PUB of N * S circuits (observables broadcast)."""
+        obs = ObservablesArray(list(observables)).reshape(-1, 1, 1)
+        pub = (plan.gate_circuit, obs, sets[..., plan.column_order])
+        job = self._estimator.run([pub], precision=self.precision)
+        return np.asarray(job.result()[0].data.evs)
+
+    @staticmethod
+    def _chain_rule(plan: GateShiftPlan, dtheta: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Gate-angle gradients [n_obs, N, G] -> circuit-parameter (inputs, then weights)
+        gradients [n_obs, N, P]: ``sum_k d<O>/d theta_k * d theta_k / d p_j`` (the encoding
+        angles ``arctan(x)``, ``arctan(x^2)`` are gate angles like the weights)."""
+        return np.einsum("onk,nkp->onp", dtheta, plan.jacobian(values))
 
     def _run(self, circuits, observables, parameter_values, parameters, **options):
         parameter_values = np.asarray(parameter_values, dtype=float)
@@ -198,6 +209,63 @@ class BatchedParamShiftGradient(BaseEstimatorGradient):
         )
 
 
+class SPSAGradient(BatchedParamShiftGradient):
+    """Simultaneous-perturbation (SPSA) gradients: 3 circuits per sample instead of ``1 + 2G``.
+
+    Per sample (row of parameter values) and call, one Rademacher direction ``Delta`` in
+    ``{-1, +1}^G`` over all ``G`` gate angles is drawn; the PUB holds, per sample, the circuit at
+    ``theta`` (the value the forward pass returns), at ``theta + c Delta`` and at
+    ``theta - c Delta``. The gate-angle gradient estimate of every observable is
+
+        g_k = (f(theta + c Delta) - f(theta - c Delta)) / (2 c) * Delta_k
+
+    (``1 / Delta_k = Delta_k`` for +-1 entries), mapped to input and weight gradients by the
+    same chain rule as the parameter shift (:meth:`BatchedParamShiftGradient._chain_rule`), so
+    the per-sample contraction with the upstream gradient is unchanged. ``E[g] = grad f + O(c^2)``
+    (the bias is ``(c^2 / 6)`` times the third derivative along ``Delta``); its variance per angle
+    is ``~|grad f|^2`` from the random direction plus ``~sigma^2 / (2 c^2)`` from shot noise
+    (``sigma`` the standard error of one value). Draws come from ``np.random.default_rng(seed)``,
+    a fresh ``Delta`` per sample and call. All samples and all 3 angle sets are one PUB of one
+    call, on any estimator (also the density-matrix engine, whose fast parameter-shift path is
+    not needed here).
+    """
+
+    def __init__(
+        self,
+        estimator: BaseEstimatorV2,
+        precision: float = 0.0,
+        perturbation: float = 0.1,
+        seed=None,
+    ):
+        super().__init__(estimator, precision)
+        if not perturbation > 0:
+            raise ValueError(f"SPSA perturbation must be > 0, got {perturbation!r}")
+        self.perturbation = float(perturbation)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def evaluate(
+        self, circuit: QuantumCircuit, observables, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(values [n_obs, N], SPSA gradient estimates [n_obs, N, P]) at parameter values
+        [N, P]; one call of one PUB with 3 N circuits."""
+        plan = self.plan(circuit)
+        values = np.asarray(values, dtype=float).reshape(-1, len(plan.params))
+        theta = plan.angles(values)  # [N, G]
+        delta = 2.0 * self._rng.integers(0, 2, size=theta.shape) - 1.0  # Rademacher +-1
+        c = self.perturbation
+        sets = np.stack([theta, theta + c * delta, theta - c * delta], axis=1)  # [N, 3, G]
+        evs = self._run_angle_sets(plan, observables, sets)  # [n_obs, N, 3]
+        dtheta = ((evs[..., 1] - evs[..., 2]) / (2.0 * c))[..., None] * delta  # [n_obs, N, G]
+        return evs[..., 0], self._chain_rule(plan, dtheta, values)
+
+
+def circuits_per_sample(gradient: str, num_gates: int) -> int:
+    """Circuits one sample with a gradient costs: ``1 + 2G`` (parameter shift) or 3 (SPSA:
+    the value and the two perturbed angle sets)."""
+    return 3 if gradient == "spsa" else 1 + 2 * num_gates
+
+
 class BatchedEstimatorQNN(EstimatorQNN):
     """EstimatorQNN whose forward pass is one PUB and, in training, also yields the gradient.
 
@@ -208,6 +276,7 @@ class BatchedEstimatorQNN(EstimatorQNN):
     """
 
     def __init__(self, *, gradient: BatchedParamShiftGradient, precision: float, **kw):
+        # any BatchedParamShiftGradient: also SPSAGradient (same evaluate contract)
         super().__init__(gradient=gradient, default_precision=precision, **kw)
         self.fuse = False
         self._cache: tuple[bytes, np.ndarray] | None = None
@@ -296,7 +365,16 @@ class BuiltQNN:
 def build_qnn(vqc, execution: Execution, weight: nn.Parameter | None = None) -> BuiltQNN:
     """``TorchConnector(BatchedEstimatorQNN)`` for ``vqc`` on ``execution``."""
     estimator = counting(execution.estimator)
-    gradient = BatchedParamShiftGradient(estimator, precision=execution.precision)
+    opts = execution.gradient
+    if opts.get("gradient", "param_shift") == "spsa":
+        gradient = SPSAGradient(
+            estimator,
+            precision=execution.precision,
+            perturbation=opts["spsa_perturbation"],
+            seed=opts.get("spsa_seed"),
+        )
+    else:
+        gradient = BatchedParamShiftGradient(estimator, precision=execution.precision)
     qnn = BatchedEstimatorQNN(
         circuit=execution.circuit,
         estimator=estimator,
