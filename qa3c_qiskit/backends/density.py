@@ -1,4 +1,4 @@
-"""Noisy density-matrix estimator (profile kind ``torch_density``, e.g. ``aer_noisy``): exact mixed-state expectation values with
+"""Noisy density-matrix estimator (profile kind ``torch_density``, e.g. ``density_noisy``): exact mixed-state expectation values with
 parameter-shift gradients from one forward and one backward sweep.
 
 The circuit is the VQC transpiled to the device's basis (``rz``, ``sx``, ``x``, ``cx``) on the
