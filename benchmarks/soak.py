@@ -7,7 +7,9 @@
 Not part of the test suite. Runs ``python -m qa3c_qiskit.train`` (CartPole-v1 by default,
 ``--learners`` actor-learners on ``--workers`` processes, a checkpoint every few episodes, an
 episode budget far beyond reach) as real subprocesses, each in its own session, and every
-``--fault-interval`` seconds (randomly 0.5-1.5x) injects one of these faults:
+``--fault-interval`` seconds (randomly 0.5-1.5x) injects one of these faults (weights 4:2:2:2;
+the first fault of each session is a kill, so that every session also has to survive one in
+place before it may be ended):
 
 * ``worker_kill``: SIGKILL of a worker process (a child of the supervisor; with Ray, a
   ``RayWorker`` actor process below it), which the runner must restart;
@@ -233,10 +235,12 @@ class Soak:
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in [str(self.hooks), str(ROOT), os.environ.get("PYTHONPATH", "")] if p
         )
-        self.kinds = ["worker_kill", "sigint", "ckpt_fault"] + (
-            ["ps_kill"] if args.runner == "ray" else []
-        )
-        self.weights = [4, 2, 2] + ([2] if args.runner == "ray" else [])
+        self.kinds = ["worker_kill", "sigint", "ckpt_fault"]
+        self.kills = ["worker_kill"]
+        if args.runner == "ray":
+            self.kinds.append("ps_kill")
+            self.kills.append("ps_kill")
+        self.weights = {"worker_kill": 4, "sigint": 2, "ckpt_fault": 2, "ps_kill": 2}
         import gymnasium as gym
 
         # updates an episode cut short can have pushed: < its time limit (CartPole-v1: 500) / S
@@ -473,7 +477,10 @@ class Soak:
                     if next_fault is None:
                         next_fault = now + a.fault_interval * self.rng.uniform(0.5, 1.5)
                     elif now >= next_fault:
-                        kind = self.rng.choices(self.kinds, self.weights)[0]
+                        # a session's first fault is a kill it must survive in place; a
+                        # session-ending one (sigint, ckpt_fault) may follow
+                        kinds = self.kinds if s["faults"] else self.kills
+                        kind = self.rng.choices(kinds, [self.weights[k] for k in kinds])[0]
                         if self._inject(s, kind) is not None:
                             print(f"[{now - self.t0:6.1f} s] session {s['index']}: {kind}")
                         next_fault = None
