@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,50 +24,13 @@ from qa3c_qiskit.config import TrainConfig
 from qa3c_qiskit.envs import env_info
 from qa3c_qiskit.metrics import read_metrics
 from qa3c_qiskit.models import ActorCritic, ModelSpec
-from qa3c_qiskit.optim import SharedAdam
 from qa3c_qiskit.train import train
 
-GOLDEN = Path(__file__).parent / "data" / "k1_golden.pt"
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # the tests' helpers (as in test_reliability)
+from qa3c_hubs import SerialHub  # noqa: E402
 
-
-class SerialHub:
-    """The hub protocol in one process (what a LocalHub does, minus the processes), recording
-    every push: (the pushing learner's theta' before, the gradient, the global params after)."""
-
-    def __init__(self, flat: torch.Tensor, budget: int, lr: float = 5e-3):
-        self.adam = SharedAdam(flat.clone(), lr=lr)
-        self.budget, self.claimed, self.steps = budget, 0, 0
-        self.records: list[dict] = []
-        self.pushes: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.first: dict[int, torch.Tensor] = {}
-
-    def claim_episode(self) -> bool:
-        if self.claimed >= self.budget:
-            return False
-        self.claimed += 1
-        return True
-
-    def push_pull(self, grad, local_flat):
-        before = local_flat.clone()
-        self.adam.step(grad)
-        local_flat.copy_(self.adam.params)
-        self.pushes.append((local_flat.data_ptr(), before, grad.clone(), local_flat.clone()))
-
-    def pull(self, local_flat):
-        local_flat.copy_(self.adam.params)
-
-    def add_steps(self, n):
-        self.steps += n
-        return self.steps
-
-    def episodes_done(self, records):
-        self.records.extend(records)
-
-    def should_stop(self):
-        return False
-
-    def nonfinite(self):
-        raise AssertionError("no non-finite values expected")
+GOLDEN = TESTS / "data" / "k1_golden.pt"
 
 
 def _spec(env_id: str, model: str) -> ModelSpec:

@@ -34,13 +34,13 @@ from qa3c_qiskit.checkpoint import (
 from qa3c_qiskit.config import TrainConfig
 from qa3c_qiskit.metrics import read_metrics
 from qa3c_qiskit.models import ActorCritic, ModelSpec
-from qa3c_qiskit.optim import SharedAdam
 from qa3c_qiskit.train import main, train, validate
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # spawned workers inherit sys.path and can import qa3c_faults
 import qa3c_faults  # noqa: E402
 from qa3c_faults import ENV_ID, TIME_LIMIT, TRUNCATING_ID  # noqa: E402
+from qa3c_hubs import SerialHub  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -517,38 +517,6 @@ def test_learner_seeds_are_seed_plus_learner_and_recorded(tmp_path):
 # 7. time-limit truncation ----------------------------------------------------------------------
 
 
-class _Hub:
-    """The hub protocol in this process (as tests/test_learners.py's SerialHub)."""
-
-    def __init__(self, flat: torch.Tensor, budget: int):
-        self.adam = SharedAdam(flat.clone(), lr=1e-2)
-        self.budget, self.claimed, self.steps, self.records = budget, 0, 0, []
-
-    def claim_episode(self):
-        self.claimed += 1
-        return self.claimed <= self.budget
-
-    def push_pull(self, grad, local_flat):
-        self.adam.step(grad)
-        local_flat.copy_(self.adam.params)
-
-    def pull(self, local_flat):
-        local_flat.copy_(self.adam.params)
-
-    def add_steps(self, n):
-        self.steps += n
-        return self.steps
-
-    def episodes_done(self, records):
-        self.records.extend(records)
-
-    def should_stop(self):
-        return False
-
-    def nonfinite(self):
-        raise AssertionError("no non-finite values expected")
-
-
 @pytest.mark.parametrize("learners", [1, 3])
 def test_time_limit_truncation_bootstraps_with_the_value_of_the_next_state(monkeypatch, learners):
     """The real learner loop on an env that never terminates and is cut by its time limit:
@@ -558,7 +526,7 @@ def test_time_limit_truncation_bootstraps_with_the_value_of_the_next_state(monke
     in a3c._loop, the cut segments' gradients equal the terminated=True reference instead."""
     spec = ModelSpec(4, 2, "classical")
     torch.manual_seed(0)
-    hub = _Hub(ActorCritic(spec).flat, budget=2 * learners)
+    hub = SerialHub(ActorCritic(spec).flat, budget=2 * learners, lr=1e-2)
     batches = []
     real = a3c.segment_gradients
 

@@ -2,6 +2,7 @@
 
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from qa3c_qiskit.a3c import A3CSettings, Segment, run_learners, segment_gradient
 from qa3c_qiskit.config import TrainConfig
 from qa3c_qiskit.envs import env_info
 from qa3c_qiskit.models import ActorCritic, ModelSpec
-from qa3c_qiskit.optim import SharedAdam
+
+sys.path.insert(0, str(Path(__file__).parent))  # the tests' helpers (as in test_reliability)
+from qa3c_hubs import SerialHub  # noqa: E402
 
 STATS = ("loss_policy", "loss_value", "entropy", "grad_norm")
 CHART_TAGS = {
@@ -22,41 +25,9 @@ CHART_TAGS = {
 LOSS_TAGS = {"losses/policy", "losses/value", "losses/entropy", "losses/grad_norm"}
 
 
-class Hub:
-    """The hub protocol in one process (records kept)."""
-
-    def __init__(self, flat, budget):
-        self.adam = SharedAdam(flat.clone(), lr=1e-3)
-        self.budget, self.claimed, self.steps, self.records = budget, 0, 0, []
-
-    def claim_episode(self):
-        self.claimed += 1
-        return self.claimed <= self.budget
-
-    def push_pull(self, grad, local_flat):
-        self.adam.step(grad)
-        local_flat.copy_(self.adam.params)
-
-    def pull(self, local_flat):
-        local_flat.copy_(self.adam.params)
-
-    def add_steps(self, n):
-        self.steps += n
-        return self.steps
-
-    def episodes_done(self, records):
-        self.records.extend(records)
-
-    def should_stop(self):
-        return False
-
-    def nonfinite(self):
-        raise AssertionError("no non-finite values expected")
-
-
 def _run(spec, episodes, k=2):
     torch.manual_seed(0)
-    hub = Hub(ActorCritic(spec).flat, episodes)
+    hub = SerialHub(ActorCritic(spec).flat, episodes, lr=1e-3)
     run_learners(0, [(i, 10 + i) for i in range(k)], "CartPole-v1", spec, A3CSettings(), hub)
     return hub.records
 
