@@ -24,15 +24,6 @@ from .results import (
     main_learners,
 )
 
-#: Paper Table I (actor + critic): classical part, quantum, QA3C total, classical twin total.
-PAPER_TABLE1 = {
-    "Acrobot-v1": (148, 96, 244, 292),
-    "CartPole-v1": (107, 96, 203, 251),
-    "MiniGrid-SimpleCrossingS9N1-v0": (2431, 96, 2527, 2575),
-    "MiniGrid-SimpleCrossingS9N2-v0": (2431, 96, 2527, 2575),
-    "MiniGrid-SimpleCrossingS9N3-v0": (2431, 96, 2527, 2575),
-}
-
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -216,7 +207,7 @@ def write_env_report(folder: Path, env: str, runs: list[CompactRun], band: str =
 def table1_rows(envs: list[str], n_qubits: int = 8, n_layers: int = 2) -> list[dict]:
     """Our parameter counts (``models.parameter_table``) beside the paper's Table I."""
     from .envs import env_info
-    from .models import parameter_table
+    from .models import PAPER_TABLE1, parameter_table
 
     specs = {e: (env_info(e).obs_dim, env_info(e).n_actions) for e in envs}
     rows = parameter_table(specs, n_qubits=n_qubits, n_layers=n_layers)

@@ -19,8 +19,9 @@ from qa3c_qiskit.config import TrainConfig
 from qa3c_qiskit.envs import PAPER_ENVS
 from qa3c_qiskit.export import export_run
 from qa3c_qiskit.metrics import MetricsWriter, moving_average, summarize
+from qa3c_qiskit.models import PAPER_TABLE1
 from qa3c_qiskit.plot import CURVE_FILE, load_compact
-from qa3c_qiskit.report import PAPER_TABLE1, table1_rows
+from qa3c_qiskit.report import table1_rows
 from qa3c_qiskit.reproduce import PAPER_PROTOCOL, build_parser, main, run_name
 from qa3c_qiskit.results import aggregate
 from qa3c_qiskit.stats import welch_t_test
