@@ -46,6 +46,8 @@ import numpy as np
 import torch
 
 from .envs import make_env
+from .fused import FusedActorCritic
+from .fused import supports as fused_supports
 from .models import ActorCritic, ModelSpec
 from .threads import limit_blas_threads
 
@@ -147,10 +149,34 @@ class SegmentGradients(tuple):
         return obj
 
 
+def fused_model(model: ActorCritic):
+    """The model's :class:`~qa3c_qiskit.fused.FusedActorCritic` (built once), or None where the
+    torch path runs (Qiskit backends, the reference executor, ``QA3C_FUSED=0``)."""
+    cached = getattr(model, "_fused_cache", None)
+    if cached is None:
+        cached = FusedActorCritic(model) if fused_supports(model) else False
+        model._fused_cache = cached
+    return cached or None
+
+
 def segment_gradients(
     model: ActorCritic, thetas: torch.Tensor, segments: list[Segment], settings: A3CSettings
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each segment's own loss gradient at its own parameters, in one batched pass.
+
+    Runs :mod:`qa3c_qiskit.fused` (NumPy, hand-written backward) where it applies, else
+    :func:`torch_segment_gradients` (autograd); the two agree to 1e-12 (tested).
+    """
+    fused = fused_model(model)
+    if fused is not None:
+        return SegmentGradients(*fused.segment_gradients(thetas, segments, settings))
+    return torch_segment_gradients(model, thetas, segments, settings)
+
+
+def torch_segment_gradients(
+    model: ActorCritic, thetas: torch.Tensor, segments: list[Segment], settings: A3CSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`segment_gradients` by autograd, for every kind of core.
 
     ``thetas`` [J, n_params]: segment ``j``'s parameters. Returns (gradients [J, n_params],
     losses [J]) as a :class:`SegmentGradients` (a 2-tuple with the per-segment loss terms in
@@ -344,13 +370,18 @@ def _claim_and_start(learner: Learner, hub) -> bool:
 
 
 def _loop(rank, group, thetas, model, settings, hub) -> None:
+    fused = fused_model(model)
     active = [learner for learner in group if _claim_and_start(learner, hub)]
     env_steps = 0
     while active:
         slots = [learner.slot for learner in active]
         obs = torch.stack([learner.obs for learner in active])
-        with torch.no_grad():
-            probs = torch.softmax(model.batched_logits(thetas[slots], obs), dim=-1)
+        if fused is not None:
+            logits = torch.from_numpy(fused.logits(thetas.numpy()[slots], obs.numpy()))
+        else:
+            with torch.no_grad():
+                logits = model.batched_logits(thetas[slots], obs)
+        probs = torch.softmax(logits, dim=-1)
         # < spec.n_actions (6 on MiniGrid: "done" is never chosen)
         actions = sample_actions(probs, [learner.gen for learner in active])
         closed: list[tuple[Learner, Segment]] = []
