@@ -45,6 +45,18 @@ class WorkerFailed(RuntimeError):
     """A worker failed for good (restarts used up, or a non-finite value with raise)."""
 
 
+class CheckpointWriteFailed(RuntimeError):
+    """The final checkpoint could not be written (e.g. disk full); the last one written is
+    kept, and so are ``metrics.csv``'s rows: the run continues with ``--resume``."""
+
+    def __init__(self, run_dir: Path, episodes: int, saved: int, exc: OSError):
+        super().__init__(
+            f"could not write the checkpoint at episode {episodes} ({exc.strerror or exc}); "
+            f"the one at episode {saved} is kept: free the space and continue with "
+            f"python -m qa3c_qiskit.train --resume {run_dir}"
+        )
+
+
 class _ForcedExit(BaseException):
     pass
 
@@ -108,6 +120,8 @@ class _Supervisor:
         self.t0 = time.time()
         self.wall0 = run.state.wall_time_s
         self.error: Failure | None = None
+        self.saved_at = run.state.episodes_done  # the episode of the last checkpoint written
+        self.failed_saves = 0
         # QPU seconds (IBM backends): latest cumulative value per worker process, and what
         # earlier incarnations of a restarted worker had used
         self.qpu_last: dict[int, float] = {}
@@ -145,6 +159,22 @@ class _Supervisor:
         state.wall_time_s = self.wall0 + time.time() - self.t0
         ckpt = state.to_checkpoint(run.cfg.to_dict(), dict(run.spec.__dict__), final)
         save_checkpoint(run.run_dir / CHECKPOINT, ckpt)
+        self.saved_at = state.episodes_done
+
+    def save_periodic(self) -> None:
+        """A periodic checkpoint; a failed write (disk full, ...) keeps the previous one and
+        the run goes on (retried at the next checkpoint), logged and shown."""
+        try:
+            self.save()
+        except OSError as exc:
+            self.failed_saves += 1
+            text = (
+                f"checkpoint at episode {self.run.state.episodes_done} not written "
+                f"({exc.strerror or exc}); the one at episode {self.saved_at} is kept, "
+                "retrying at the next checkpoint"
+            )
+            self.run.events(text)
+            self.prog.event(text)
 
     def handle(self, msg) -> None:
         run, cfg, events = self.run, self.run.cfg, self.run.events
@@ -161,7 +191,7 @@ class _Supervisor:
             if self.tb is not None:
                 self.tb.episode(done, rec)
             if done % cfg.checkpoint_every == 0 and done < cfg.episodes:
-                self.save()
+                self.save_periodic()
             if self.evaluator is not None:
                 self.evaluator.maybe_start(
                     done, self.global_state_dict, self.wall0 + time.time() - self.t0
@@ -265,7 +295,13 @@ def supervise(run: PreparedRun) -> dict:
                     break  # runner.close() below terminates them
                 prog.refresh()
         runner.close()
-        sup.save(final=not signalled and sup.error is None)
+        try:
+            sup.save(final=not signalled and sup.error is None)
+        except OSError as exc:
+            events(f"final checkpoint at episode {state.episodes_done} not written: {exc}")
+            raise CheckpointWriteFailed(
+                run.run_dir, state.episodes_done, sup.saved_at, exc
+            ) from exc
         events(f"checkpoint at episode {state.episodes_done}")
         if evaluator is not None:  # the last evaluation's result belongs to this run (unless
             evaluator.finish(wait=not signalled)  # stopping by signal: then do not wait for it)

@@ -39,7 +39,13 @@ from .config import TrainConfig, build_parser, config_from_args
 from .envs import PAPER_ENVS, env_info
 from .metrics import write_json
 from .models import ActorCritic, ModelSpec, count_parameters, parameter_table
-from .supervise import PreparedRun, TrainingInterrupted, WorkerFailed, supervise
+from .supervise import (
+    CheckpointWriteFailed,
+    PreparedRun,
+    TrainingInterrupted,
+    WorkerFailed,
+    supervise,
+)
 
 
 def model_spec(cfg: TrainConfig) -> ModelSpec:
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum
-    except WorkerFailed as exc:
+    except (WorkerFailed, CheckpointWriteFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C before the workers started: nothing to save yet

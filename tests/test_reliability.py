@@ -559,3 +559,45 @@ def test_time_limit_truncation_bootstraps_with_the_value_of_the_next_state(monke
                 r0 = local_gradient(twin, a3c_loss(*args, True, A3CSettings()))
                 assert not torch.allclose(grads[j], r0, atol=1e-6, rtol=0)  # distinguishable
     assert cut == 2 * learners
+
+
+def test_a_failed_periodic_checkpoint_write_keeps_the_old_one_and_the_run_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    """Disk full at a periodic checkpoint: logged, the previous checkpoint kept, training goes
+    on and the next checkpoint succeeds; a failed *final* write exits 1 with one line naming
+    the kept checkpoint and the resume command, the rows and the old checkpoint intact."""
+    import errno
+
+    from qa3c_qiskit import supervise
+
+    real = supervise.save_checkpoint
+    calls = {"n": 0, "fail": {3}}  # writes: episode 0, 5, 10 (fails), final
+
+    def flaky(path, state):
+        calls["n"] += 1
+        if calls["n"] in calls["fail"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, state)
+
+    monkeypatch.setattr(supervise, "save_checkpoint", flaky)
+    argv = ["--env", "CartPole-v1", "--model", "classical", "--workers", "1", "--episodes", "12",
+            "--checkpoint-every", "5", "--out", str(tmp_path), "--run-name", "full", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    events = (tmp_path / "full" / "events.log").read_text()
+    assert "checkpoint at episode 10 not written (No space left on device)" in events
+    assert "the one at episode 5 is kept" in events
+    assert_intact(tmp_path / "full", 12)  # the final checkpoint was written after the failure
+
+    calls.update(n=0, fail={2})  # resumed run's writes: episode 15, then the final one fails
+    argv_resume = ["--resume", str(tmp_path / "full"), "--episodes", "18", "--quiet"]
+    before = (tmp_path / "full" / CHECKPOINT).read_bytes()
+    capsys.readouterr()
+    code = main(argv_resume)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert "could not write the checkpoint at episode 18" in err[0]
+    assert f"--resume {tmp_path / 'full'}" in err[0]
+    assert read_metrics(tmp_path / "full")["episode"].tolist() == list(range(1, 19))
+    kept = load_checkpoint(tmp_path / "full" / CHECKPOINT)
+    assert kept["episodes_done"] == 15 and (tmp_path / "full" / CHECKPOINT).read_bytes() != before
