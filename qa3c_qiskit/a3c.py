@@ -190,12 +190,14 @@ def torch_segment_gradients(
     seg_of_step = torch.repeat_interleave(torch.arange(n_seg), lens)
     obs = torch.stack([o for s in segments for o in s.obs])
     boot_obs = torch.stack([s.next_obs for s in segments])
-    # one call of the quantum layer for the actor's and the critic's samples
+    # one call of the quantum layer for the actor's and the critic's samples; the bootstrap
+    # states (the last n_seg critic rows, whose values are detached) are forward-only
     logits, values = model.batched_logits_values(
         theta[seg_of_step],
         obs,
         theta[torch.cat([seg_of_step, torch.arange(n_seg)])],
         torch.cat([obs, boot_obs]),
+        n_value_only=n_seg,
     )
     n = obs.shape[0]
     boot = values[n:].detach()

@@ -139,18 +139,36 @@ class ActorCritic(nn.Module):
         return self.critic.functional(theta[:, self.n_actor :], obs).squeeze(-1)
 
     def batched_logits_values(
-        self, theta_a: torch.Tensor, obs_a: torch.Tensor, theta_c: torch.Tensor, obs_c: torch.Tensor
+        self,
+        theta_a: torch.Tensor,
+        obs_a: torch.Tensor,
+        theta_c: torch.Tensor,
+        obs_c: torch.Tensor,
+        n_value_only: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(batched_logits(theta_a, obs_a), batched_values(theta_c, obs_c))`` with the actor's
         and the critic's VQC samples in ONE call of the quantum layer (same circuit, per-sample
         weights): one primitive call instead of two on the Qiskit backends, and one engine
-        forward and backward instead of two on ``statevector``."""
+        forward and backward instead of two on ``statevector``.
+
+        The last ``n_value_only`` critic rows (e.g. bootstrap states) are forward-only: their
+        values are returned detached, and a quantum core that supports it (``functional(...,
+        n_grad=)``) runs no gradient circuits for them (1 circuit instead of ``1 + 2G``)."""
         h_a, w_a = self.actor.functional_pre(theta_a[:, : self.n_actor], obs_a)
         h_c, w_c = self.critic.functional_pre(theta_c[:, self.n_actor :], obs_c)
-        q = self.actor.core.functional(torch.cat([h_a, h_c]), torch.cat([w_a, w_c]))
+        x, w = torch.cat([h_a, h_c]), torch.cat([w_a, w_c])
+        n_grad = x.shape[0] - n_value_only
+        core = self.actor.core
+        if n_value_only and getattr(core, "supports_n_grad", False):
+            q = core.functional(x, w, n_grad=n_grad)
+        else:
+            q = core.functional(x, w)
         n = h_a.shape[0]
         logits = self.actor.functional_post(theta_a[:, : self.n_actor], q[:n])
         values = self.critic.functional_post(theta_c[:, self.n_actor :], q[n:]).squeeze(-1)
+        if n_value_only:
+            k = values.shape[0] - n_value_only
+            values = torch.cat([values[:k], values[k:].detach()])
         return logits, values
 
     @torch.no_grad()

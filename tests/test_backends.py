@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qa3c_qiskit import backends
-from qa3c_qiskit.a3c import A3CSettings, a3c_loss, local_gradient
+from qa3c_qiskit.a3c import A3CSettings, Segment, a3c_loss, local_gradient, torch_segment_gradients
 from qa3c_qiskit.backends import StatevectorLayer, check_backend, quantum_layer_factory
 from qa3c_qiskit.evaluate import evaluate_policy
 from qa3c_qiskit.models import ActorCritic, ModelSpec
@@ -342,6 +342,68 @@ def test_functional_per_sample_weights_match_statevector_engine(backend):
     # shared weights broadcast: functional(x, weight) == forward(x)
     with torch.no_grad():
         assert torch.allclose(lay.functional(x, lay.weight), lay(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["aer_statevector", "density_exact"])
+def test_functional_n_grad_rows_are_forward_only_in_the_same_call(backend, tmp_path):
+    """``functional(x, w, n_grad=3)`` on 5 rows: one call, one PUB of 3 * (1 + 2G) + 2 circuits
+    (the density engine: its shift path counted the same way); values == the all-rows call, the
+    first 3 rows' gradients == the all-rows call's, the last 2 rows detached."""
+    torch.manual_seed(8)
+    if backend == "density_exact":  # density_noisy without shots: exact noisy values
+        text = 'kind = "torch_density"\nnoise_source = "FakeGuadalupeV2"\n'
+        backend = str(write_profile(tmp_path, backend, text))
+    per_sample = 1 + 2 * 64
+    lay = layer(backend)
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    w = (0.3 * torch.randn(5, 48, dtype=torch.float64)).requires_grad_(True)
+    g = torch.randn(5, 8, dtype=torch.float64)
+    counter = lay.counter
+    counter.reset()
+    y = lay.functional(x, w, n_grad=3)
+    assert (counter.calls, counter.pubs, counter.circuits) == (1, 1, 3 * per_sample + 2)
+    (y * g).sum().backward()
+    assert counter.calls == 1  # the backward pass makes no call
+    x_all = x.detach().clone().requires_grad_(True)
+    w_all = w.detach().clone().requires_grad_(True)
+    y_all = lay.functional(x_all, w_all)
+    (y_all[:3] * g[:3]).sum().backward()
+    assert torch.allclose(y, y_all, atol=1e-6, rtol=0)
+    assert torch.allclose(x.grad, x_all.grad, atol=1e-6, rtol=0)
+    assert torch.allclose(w.grad, w_all.grad, atol=1e-6, rtol=0)
+    assert bool((w.grad[:3].abs().sum(1) > 0).all()) and not w.grad[3:].any()
+    lay.close()
+
+
+def _two_segments(d: int) -> list[Segment]:
+    gen = torch.Generator().manual_seed(4)
+    obs = [torch.randn(d, dtype=torch.float64, generator=gen) for _ in range(7)]
+    return [
+        Segment(obs[:3], [0, 1, 1], [1.0, 0.5, 1.0], obs[3], False),
+        Segment(obs[4:6], [1, 0], [1.0, 1.0], obs[6], False),
+    ]
+
+
+def test_segment_gradients_do_not_differentiate_the_bootstrap_states():
+    """An update of 2 segments (3 + 2 steps) on aer_statevector: 1 call, 1 PUB of
+    2 * 5 * (1 + 2G) + 2 circuits (the 2 bootstrap states forward-only; 12 * 129 before), and
+    the gradients and losses equal the exact statevector engine's."""
+    torch.manual_seed(9)
+    model = ActorCritic(ModelSpec(4, 2, backend="aer_statevector"))
+    exact = ActorCritic(ModelSpec(4, 2, backend="statevector"))
+    exact.flat.copy_(model.flat)
+    thetas = model.flat.detach().repeat(2, 1) + 0.2 * torch.randn(2, model.flat.numel())
+    segs = _two_segments(4)
+    counter = model.actor.core.counter
+    counter.reset()
+    grads, losses = torch_segment_gradients(model, thetas, segs, A3CSettings())
+    assert (counter.calls, counter.pubs, counter.circuits) == (1, 1, 2 * 5 * 129 + 2)
+    assert model.critic.core._built is None  # one layer serves actor and critic samples
+    ref, ref_losses = torch_segment_gradients(exact, thetas, segs, A3CSettings())
+    assert ref.abs().max() > 1e-3
+    torch.testing.assert_close(grads, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(losses, ref_losses, rtol=0, atol=1e-6)
+    model.close()
 
 
 @pytest.mark.parametrize("backend", ["aer_statevector", "aer_shots"])

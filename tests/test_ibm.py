@@ -30,14 +30,15 @@ def layer(name: str, n_qubits: int = 2):
 
 def test_report_counts_match_the_counting_estimator_on_a_real_batch():
     """Circuits per update segment from the report == what CountingEstimator counts for a
-    segment's 2S+1 samples with gradients (aer_shots, 2 qubits, 1 layer)."""
+    segment's 2S samples with gradients plus its forward-only bootstrap state (aer_shots,
+    2 qubits, 1 layer)."""
     r = cost.report("aer_shots", n_qubits=2, n_layers=1, update_every=3, learners=2)
     lay = layer("aer_shots")
     c = lay.counter
     c.reset()
     x = torch.randn(7, 2, dtype=torch.float64, requires_grad=True)
     w = 0.1 * torch.randn(7, 6, dtype=torch.float64)
-    lay.functional(x, w).sum().backward()
+    lay.functional(x, w, n_grad=6).sum().backward()
     assert (c.calls, c.pubs) == (1, 1)
     assert c.circuits == r["per_update"]["circuits_per_segment"]
     assert r["per_action"] == {**r["per_action"], "calls": 1, "circuits": 2}
@@ -50,7 +51,7 @@ def test_report_ibm_runtime_qpu_seconds_from_device_timing(capsys):
     t, q = r["timing"], r["qpu_seconds"]
     assert t["rep_delay_s"] == pytest.approx(250e-6)
     assert 20e-6 < t["circuit_duration_s"] < 200e-6
-    assert r["per_update"]["circuits_per_segment"] == 11 * 129
+    assert r["per_update"]["circuits_per_segment"] == 10 * 129 + 1  # bootstrap forward-only
     assert 5 * 60 < q["per_update_segment"] < 10 * 60
     assert q["run"] == pytest.approx(q["per_episode"] * 10)
     assert r["circuit"]["two_qubit_gates"] > 50 and len(r["circuit"]["layout"]) == 8

@@ -225,20 +225,21 @@ def test_report_gives_both_gradients_and_matches_the_counter(tmp_path):
     r = cost.report(path, n_qubits=2, n_layers=1, update_every=3)
     g = r["circuit"]["parameterized_gates"]
     assert r["per_update"]["circuits_per_segment_by_gradient"] == {
-        "param_shift": 7 * (1 + 2 * g),
-        "spsa": 7 * 3,
+        "param_shift": 6 * (1 + 2 * g) + 1,  # 2S samples + the forward-only bootstrap state
+        "spsa": 6 * 3 + 1,
     }
-    assert r["per_update"]["circuits_per_segment"] == 21
+    assert r["per_update"]["circuits_per_segment"] == 19
     assert r["gradient"] == {"gradient": "spsa", "spsa_perturbation": 0.05, "spsa_seed": 0}
     text = cost.format_report(r)
-    assert "spsa (c = 0.05 rad" in text and f"param_shift {7 * (1 + 2 * g)}" in text
+    assert "spsa (c = 0.05 rad" in text and f"param_shift {6 * (1 + 2 * g) + 1}" in text
     lay = quantum_layer_factory(ModelSpec(4, 2, backend=path, n_qubits=2, n_layers=1))()
     x = torch.randn(7, 2, dtype=torch.float64, requires_grad=True)
     lay.counter.reset()
-    lay.functional(x, 0.1 * torch.randn(7, 6, dtype=torch.float64)).sum().backward()
+    w = 0.1 * torch.randn(7, 6, dtype=torch.float64)
+    lay.functional(x, w, n_grad=6).sum().backward()  # the last row: the bootstrap state
     assert lay.counter.circuits == r["per_update"]["circuits_per_segment"]
     lay.close()
-    assert cost.report("aer_shots_spsa")["per_update"]["circuits_per_segment"] == 33
+    assert cost.report("aer_shots_spsa")["per_update"]["circuits_per_segment"] == 31
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,11 @@ run (from the device's own timing data, :mod:`~qa3c_qiskit.backends.timing`).
 
 Counting follows the code path of :mod:`~qa3c_qiskit.backends.gradient`: an action is one
 primitive call of one PUB holding one circuit per acting learner; an update is one call of one
-PUB for all closed segments, each segment of ``S`` steps contributing ``2 S + 1`` samples (actor
-``S``, critic ``S`` plus the bootstrap state) and every sample ``1 + 2 G`` circuits with the
-parameter-shift gradient (the unshifted circuit and the two shifts of each of the ``G``
-parameterized gates of the executed circuit) or 3 with SPSA (the value and ``theta +- c Delta``).
+PUB for all closed segments, each segment of ``S`` steps contributing ``2 S`` differentiated
+samples (actor ``S``, critic ``S``), each ``1 + 2 G`` circuits with the parameter-shift gradient
+(the unshifted circuit and the two shifts of each of the ``G`` parameterized gates of the
+executed circuit) or 3 with SPSA (the value and ``theta +- c Delta``), plus the critic's
+bootstrap state, forward-only (1 circuit: its value is detached, so it is not differentiated).
 The report gives the update cost of both gradients (``per_update["circuits_per_segment_by_gradient"]``).
 """
 
@@ -132,11 +133,15 @@ def report(
     grad = p.gradient_options()
     per_sample = circuits_per_sample(grad["gradient"], g)
     s = update_every
-    segment_samples = 2 * s + 1
+    grad_samples = 2 * s  # differentiated samples per segment; + 1 forward-only bootstrap
+
+    def per_segment(n_circuits: int) -> int:
+        return grad_samples * n_circuits + 1
+
     length = float(episode_length)
-    # per episode (one learner): L actions; ceil(L / S) segments, 2 L + ceil(L / S) samples
+    # per episode (one learner): L actions; ceil(L / S) segments: 2 L differentiated samples
+    # and ceil(L / S) forward-only bootstrap states
     n_seg = math.ceil(length / s)
-    samples_ep = 2 * length + n_seg
     precision = p.runtime.get("precision") if p.kind == "ibm_runtime" else None
     shots_c = timing.shots_for(p.shots, precision)
     quantum = p.kind != "statevector"
@@ -170,16 +175,16 @@ def report(
         "gradient": grad if quantum else {"gradient": "exact (adjoint)"},
         "per_update": {
             "calls": 1 if quantum else 0,
-            "circuits_per_segment": segment_samples * per_sample if quantum else 0,
+            "circuits_per_segment": per_segment(per_sample) if quantum else 0,
             "circuits_per_segment_by_gradient": {
-                name: segment_samples * circuits_per_sample(name, g) if quantum else 0
+                name: per_segment(circuits_per_sample(name, g)) if quantum else 0
                 for name in GRADIENTS
             },
-            "note": f"one call for all closed segments; a {s}-step segment = {segment_samples} "
-            f"samples x {per_sample} circuits",
+            "note": f"one call for all closed segments; a {s}-step segment = {grad_samples} "
+            f"samples x {per_sample} circuits + 1 forward-only bootstrap state",
         },
         "per_episode": {
-            "circuits": (length + samples_ep * per_sample) if quantum else 0,
+            "circuits": (length + 2 * length * per_sample + n_seg) if quantum else 0,
             "calls_upper_bound": (length + n_seg) if quantum else 0,
         },
     }
@@ -208,7 +213,7 @@ def report(
         }
         out["qpu_seconds"] = {
             "per_action": learners * sec,
-            "per_update_segment": segment_samples * per_sample * sec,
+            "per_update_segment": per_segment(per_sample) * sec,
             "per_update_segment_by_gradient": {
                 name: n * sec
                 for name, n in out["per_update"]["circuits_per_segment_by_gradient"].items()

@@ -263,10 +263,14 @@ class NoisyDensityEstimator(BaseEstimatorV2):
         observables,
         theta: np.ndarray,
         precision: float | None = None,
+        n_grad: int | None = None,
     ) -> np.ndarray:
         """<O> at theta and at every theta +- pi/2 e_k: [n_obs, N, 1 + 2G] (the layout of
         :meth:`BatchedParamShiftGradient.evaluate`'s PUB), from one forward and one backward
-        sweep per sample; sampled with the estimator's shots unless ``precision`` is 0."""
+        sweep per sample; sampled with the estimator's shots unless ``precision`` is 0.
+
+        Only the first ``n_grad`` rows (default: all) get their shifted values; the others are
+        forward-only (one sweep, column 0; their shift columns are 0)."""
         c = self._compile(circuit, list(params))
         n, g = c.n, len(params)
         if self._shots_of(precision) is not None and not all(
@@ -274,14 +278,16 @@ class NoisyDensityEstimator(BaseEstimatorV2):
         ):
             raise ValueError("sampled shift values need single Pauli-Z-string observables")
         theta_t = torch.as_tensor(np.asarray(theta, dtype=float).reshape(-1, g))
+        n_rows = theta_t.shape[0]
+        n_grad = n_rows if n_grad is None else int(n_grad)
         diags = torch.from_numpy(self._observable_diagonals(observables, n))  # [O, 2^n]
         diags = diags.to(self.dtype)
         n_obs, d = diags.shape[0], 2**n
-        out = np.empty((n_obs, theta_t.shape[0], 1 + 2 * g))
+        out = np.zeros((n_obs, n_rows, 1 + 2 * g))
         plus = torch.full((1, 1), math.pi / 2, dtype=torch.float64)
         minus = -plus
-        for s0 in range(0, theta_t.shape[0], self.chunk):
-            th = theta_t[s0 : s0 + self.chunk]
+        for s0 in range(0, n_grad, self.chunk):
+            th = theta_t[s0 : min(s0 + self.chunk, n_grad)]
             b = th.shape[0]
             rho, kept = self._forward(c, th, keep=True)
             probs = self._probs(rho, n)  # [b, 2^n]
@@ -305,7 +311,15 @@ class NoisyDensityEstimator(BaseEstimatorV2):
                         val = torch.einsum("bok,bk->ob", o, shifted).real
                         out[:, s0 : s0 + b, first + j] = val.numpy()
                 ot, qorder = self._apply(ot, qorder, c, op, th_rep, adjoint=True)
-        return self._sample_marginals(out, precision)
+        for s0 in range(n_grad, n_rows, self.chunk):  # forward-only rows
+            th = theta_t[s0 : s0 + self.chunk]
+            probs = self._probs(self._forward(c, th)[0], n)
+            out[:, s0 : s0 + th.shape[0], 0] = diags.real.numpy() @ probs.T
+        if n_grad == n_rows:
+            return self._sample_marginals(out, precision)
+        out[:, :n_grad] = self._sample_marginals(out[:, :n_grad], precision)
+        out[:, n_grad:, :1] = self._sample_marginals(out[:, n_grad:, :1], precision)
+        return out
 
     def _shots_of(self, precision: float | None) -> int | None:
         return shots_for(precision, self.shots)

@@ -35,11 +35,15 @@ from ..circuit import observable_diagonals
 class ShiftValuesEstimator(Protocol):
     """An estimator that computes all parameter-shift values without running each circuit."""
 
-    def shift_values(self, circuit, params, observables, theta, precision=None) -> np.ndarray:
+    def shift_values(
+        self, circuit, params, observables, theta, precision=None, n_grad=None
+    ) -> np.ndarray:
         """<O> of ``circuit`` (a QuantumCircuit whose gate angles are the Parameters
         ``params``) at angles ``theta`` [N, G] and at every ``theta +- pi/2 e_k``:
         [n_obs, N, 1 + 2G] (unshifted, then the G plus shifts, then the G minus shifts);
-        ``precision`` as in ``EstimatorV2.run`` (None: the estimator's default, 0: exact)."""
+        ``precision`` as in ``EstimatorV2.run`` (None: the estimator's default, 0: exact).
+        Only the first ``n_grad`` rows (None: all) need the shifts; the others are
+        forward-only (column 0)."""
         ...
 
 
@@ -278,13 +282,16 @@ class CountingEstimator(BaseEstimatorV2):
 
 class CountingShiftEstimator(CountingEstimator):
     """A :class:`CountingEstimator` around a :class:`ShiftValuesEstimator`: a ``shift_values``
-    call counts as one call of one PUB with ``N * (1 + 2G)`` circuits (as if they had run)."""
+    call counts as one call of one PUB with ``n_grad * (1 + 2G) + (N - n_grad)`` circuits (as
+    if they had run; ``n_grad`` = N unless given)."""
 
-    def shift_values(self, circuit, params, observables, theta, precision=None):
+    def shift_values(self, circuit, params, observables, theta, precision=None, n_grad=None):
+        n = int(np.shape(theta)[0])
+        n_grad = n if n_grad is None else int(n_grad)
         self.calls += 1
         self.pubs += 1
-        self.circuits += int(np.shape(theta)[0]) * (1 + 2 * len(params))
-        return self.inner.shift_values(circuit, params, observables, theta, precision)
+        self.circuits += n_grad * (1 + 2 * len(params)) + (n - n_grad)
+        return self.inner.shift_values(circuit, params, observables, theta, precision, n_grad)
 
 
 def counting(inner: BaseEstimatorV2) -> CountingEstimator:

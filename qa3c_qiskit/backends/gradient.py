@@ -145,35 +145,47 @@ class BatchedParamShiftGradient(BaseEstimatorGradient):
         return self._plans.get(circuit, lambda: GateShiftPlan(circuit))
 
     def evaluate(
-        self, circuit: QuantumCircuit, observables, values: np.ndarray
+        self, circuit: QuantumCircuit, observables, values: np.ndarray, n_grad: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(values [n_obs, N], gradients [n_obs, N, P]) at parameter values [N, P]; one call."""
+        """(values [n_obs, N], gradients [n_obs, n_grad, P]) at parameter values [N, P]; one
+        call. Only the first ``n_grad`` rows (None: all N) are differentiated; the others are
+        forward-only (one circuit each instead of ``1 + 2G``)."""
         plan = self.plan(circuit)
         values = np.asarray(values, dtype=float).reshape(-1, len(plan.params))
+        n_grad = values.shape[0] if n_grad is None else int(n_grad)
         g = plan.num_gates
         theta = plan.angles(values)  # [N, G]
         if isinstance(self._estimator, ShiftValuesEstimator):
             # the estimator computes the same [n_obs, N, 1 + 2G] values without running each
             # shifted circuit (the density-matrix engine: forward + backward sweep)
             evs = self._estimator.shift_values(
-                plan.gate_circuit, plan.thetas, observables, theta, self.precision
+                plan.gate_circuit, plan.thetas, observables, theta, self.precision, n_grad
             )
+            value, evs = evs[..., 0], evs[:, :n_grad]
         else:
+            th = theta[:n_grad, None, :]
             shift = 0.5 * np.pi * np.eye(g)
-            sets = np.concatenate(
-                [theta[:, None, :], theta[:, None, :] + shift, theta[:, None, :] - shift], axis=1
-            )  # [N, 1 + 2G, G]
-            evs = self._run_angle_sets(plan, observables, sets)
-        dtheta = 0.5 * (evs[..., 1 : 1 + g] - evs[..., 1 + g :])  # [n_obs, N, G]
-        return evs[..., 0], self._chain_rule(plan, dtheta, values)
+            sets = np.concatenate([th, th + shift, th - shift], axis=1)  # [n_grad, 1 + 2G, G]
+            evs, rest = self._run_angle_sets(plan, observables, sets, theta[n_grad:])
+            value = np.concatenate([evs[..., 0], rest], axis=1)
+        dtheta = 0.5 * (evs[..., 1 : 1 + g] - evs[..., 1 + g :])  # [n_obs, n_grad, G]
+        return value, self._chain_rule(plan, dtheta, values[:n_grad])
 
-    def _run_angle_sets(self, plan: GateShiftPlan, observables, sets: np.ndarray) -> np.ndarray:
-        """<O> [n_obs, N, S] of ``plan.gate_circuit`` at gate-angle sets [N, S, G]: one
-        primitive call, one PUB of N * S circuits (observables broadcast)."""
-        obs = ObservablesArray(list(observables)).reshape(-1, 1, 1)
-        pub = (plan.gate_circuit, obs, sets[..., plan.column_order])
-        job = self._estimator.run([pub], precision=self.precision)
-        return np.asarray(job.result()[0].data.evs)
+    def _run_angle_sets(
+        self, plan: GateShiftPlan, observables, sets: np.ndarray, plain: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(<O> [n_obs, n, S] at gate-angle sets [n, S, G], <O> [n_obs, m] at the forward-only
+        angles ``plain`` [m, G]) of ``plan.gate_circuit``: one primitive call, one PUB of
+        ``n * S + m`` circuits (flat parameter sets, observables broadcast)."""
+        n, s, g = sets.shape
+        plain = np.empty((0, g)) if plain is None else plain
+        flat = np.concatenate([sets.reshape(n * s, g), plain])
+        obs = ObservablesArray(list(observables)).reshape(-1, 1)
+        job = self._estimator.run(
+            [(plan.gate_circuit, obs, flat[:, plan.column_order])], precision=self.precision
+        )
+        evs = np.asarray(job.result()[0].data.evs)  # [n_obs, n * S + m]
+        return evs[:, : n * s].reshape(-1, n, s), evs[:, n * s :]
 
     @staticmethod
     def _chain_rule(plan: GateShiftPlan, dtheta: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -245,24 +257,28 @@ class SPSAGradient(BatchedParamShiftGradient):
         self._rng = np.random.default_rng(seed)
 
     def evaluate(
-        self, circuit: QuantumCircuit, observables, values: np.ndarray
+        self, circuit: QuantumCircuit, observables, values: np.ndarray, n_grad: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(values [n_obs, N], SPSA gradient estimates [n_obs, N, P]) at parameter values
-        [N, P]; one call of one PUB with 3 N circuits."""
+        """(values [n_obs, N], SPSA gradient estimates [n_obs, n_grad, P]) at parameter values
+        [N, P]; one call of one PUB with ``3 n_grad + (N - n_grad)`` circuits (rows from
+        ``n_grad`` on are forward-only; None: all rows differentiated)."""
         plan = self.plan(circuit)
         values = np.asarray(values, dtype=float).reshape(-1, len(plan.params))
+        n_grad = values.shape[0] if n_grad is None else int(n_grad)
         theta = plan.angles(values)  # [N, G]
-        delta = 2.0 * self._rng.integers(0, 2, size=theta.shape) - 1.0  # Rademacher +-1
+        th = theta[:n_grad]
+        delta = 2.0 * self._rng.integers(0, 2, size=th.shape) - 1.0  # Rademacher +-1
         c = self.perturbation
-        sets = np.stack([theta, theta + c * delta, theta - c * delta], axis=1)  # [N, 3, G]
-        evs = self._run_angle_sets(plan, observables, sets)  # [n_obs, N, 3]
-        dtheta = ((evs[..., 1] - evs[..., 2]) / (2.0 * c))[..., None] * delta  # [n_obs, N, G]
-        return evs[..., 0], self._chain_rule(plan, dtheta, values)
+        sets = np.stack([th, th + c * delta, th - c * delta], axis=1)  # [n_grad, 3, G]
+        evs, rest = self._run_angle_sets(plan, observables, sets, theta[n_grad:])
+        dtheta = ((evs[..., 1] - evs[..., 2]) / (2.0 * c))[..., None] * delta  # [n_obs, n, G]
+        value = np.concatenate([evs[..., 0], rest], axis=1)
+        return value, self._chain_rule(plan, dtheta, values[:n_grad])
 
 
 def circuits_per_sample(gradient: str, num_gates: int) -> int:
     """Circuits one sample with a gradient costs: ``1 + 2G`` (parameter shift) or 3 (SPSA:
-    the value and the two perturbed angle sets)."""
+    the value and the two perturbed angle sets); a forward-only sample costs 1."""
     return 3 if gradient == "spsa" else 1 + 2 * num_gates
 
 
@@ -289,11 +305,14 @@ class BatchedEstimatorQNN(EstimatorQNN):
         job = self.estimator.run([(self._circuit, obs, values)], precision=self._default_precision)
         return np.asarray(job.result()[0].data.evs).reshape(-1, values.shape[0]).T
 
-    def values_and_gradients(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(<O> [N, n_obs], d<O>/d(inputs, weights) [N, n_obs, n_in + n_w]) at values
-        [N, n_in + n_w], gradients per row (never summed): one primitive call, one PUB."""
+    def values_and_gradients(
+        self, values: np.ndarray, n_grad: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(<O> [N, n_obs], d<O>/d(inputs, weights) [n_grad, n_obs, n_in + n_w]) at values
+        [N, n_in + n_w], gradients per row (never summed) of the first ``n_grad`` rows (None:
+        all; the others are forward-only): one primitive call, one PUB."""
         values = np.asarray(values, dtype=float).reshape(-1, self._circuit.num_parameters)
-        evs, grads = self.gradient.evaluate(self._circuit, self._observables, values)
+        evs, grads = self.gradient.evaluate(self._circuit, self._observables, values, n_grad)
         return evs.T, np.transpose(grads, (1, 0, 2))
 
     def _forward(self, input_data, weights):
@@ -323,11 +342,13 @@ class PerSampleQNNFunction(torch.autograd.Function):
     With ``need_grad`` the forward pass computes values and parameter-shift gradients of every
     sample in one primitive call (one PUB) and the backward pass only contracts them with the
     incoming gradient: ``x`` and ``w`` get per-sample gradients [B, n_in] and [B, n_w]. Without
-    it, the forward pass is one call of B parameter sets.
+    it, the forward pass is one call of B parameter sets. ``n_grad`` (None: B): only the first
+    ``n_grad`` rows are differentiated, in the same call; the other rows are forward-only and
+    get zero gradients (:meth:`QiskitLayer.functional` detaches their outputs).
     """
 
     @staticmethod
-    def forward(ctx, x, w, qnn: BatchedEstimatorQNN, need_grad: bool):
+    def forward(ctx, x, w, qnn: BatchedEstimatorQNN, need_grad: bool, n_grad: int | None = None):
         values = np.concatenate(
             [x.detach().to(torch.float64).numpy(), w.detach().to(torch.float64).numpy()], axis=1
         )
@@ -335,18 +356,20 @@ class PerSampleQNNFunction(torch.autograd.Function):
         if not need_grad:
             ctx.grads = None
             return torch.from_numpy(qnn.values(values)).to(x.dtype)
-        evs, grads = qnn.values_and_gradients(values)
-        ctx.grads = torch.from_numpy(grads)  # [B, n_obs, n_in + n_w]
+        evs, grads = qnn.values_and_gradients(values, n_grad)
+        ctx.grads = torch.from_numpy(grads)  # [n_grad, n_obs, n_in + n_w]
         return torch.from_numpy(evs).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         if ctx.grads is None:
             raise RuntimeError("per-sample QNN: forward ran without gradients (no_grad)")
-        full = torch.einsum("bo,bop->bp", grad_out.to(torch.float64), ctx.grads)
+        k = ctx.grads.shape[0]
+        full = torch.zeros((grad_out.shape[0], ctx.grads.shape[-1]), dtype=torch.float64)
+        full[:k] = torch.einsum("bo,bop->bp", grad_out[:k].to(torch.float64), ctx.grads)
         gx = full[:, : ctx.n_in].to(ctx.dtypes[0])
         gw = full[:, ctx.n_in :].to(ctx.dtypes[1])
-        return gx, gw, None, None
+        return gx, gw, None, None, None
 
 
 @dataclass

@@ -7,7 +7,9 @@ Every quantum core has the same contract:
   loads on any other);
 * ``functional(x [B, n_qubits], w [B, n_weights]) -> [B, n_qubits]``: one weight vector per
   sample (many actor-learners in one batched call), differentiable w.r.t. ``x`` and ``w`` with
-  *per-sample* weight gradients ``[B, n_weights]`` (never summed over the batch).
+  *per-sample* weight gradients ``[B, n_weights]`` (never summed over the batch);
+  ``functional(x, w, n_grad=k)`` differentiates only the first ``k`` rows (the others are
+  forward-only, outputs detached; on Qiskit backends 1 circuit each instead of ``1 + 2G``).
 
 :class:`StatevectorLayer` runs the in-package exact engine (autograd / adjoint gradients);
 :class:`QiskitLayer` runs ``TorchConnector(EstimatorQNN)`` on the backend's estimator, building
@@ -36,6 +38,8 @@ def _engine(n_qubits: int, n_layers: int, entangler: str) -> CircuitEngine:
 class StatevectorLayer(nn.Module):
     """The VQC on the exact torch engine: [B, n_qubits] inputs -> [B, n_qubits] <Z_i>."""
 
+    supports_n_grad = True  # functional(x, w, n_grad=k): rows from k on forward-only
+
     def __init__(self, n_qubits: int = 8, n_layers: int = 2, entangler: str = "double_ring"):
         super().__init__()
         self._vqc_args = (n_qubits, n_layers, entangler)
@@ -46,10 +50,11 @@ class StatevectorLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.engine(x, self.weight)
 
-    def functional(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def functional(self, x: torch.Tensor, w: torch.Tensor, n_grad: int | None = None):
         """[B, n_qubits] inputs, per-sample weights ``w`` [B, n_weights] -> [B, n_qubits];
-        differentiable w.r.t. ``x`` and ``w`` (``w``'s gradient per sample)."""
-        return self.engine(x, w)
+        differentiable w.r.t. ``x`` and ``w`` (``w``'s gradient per sample); rows from
+        ``n_grad`` on (None: none) are forward-only (detached outputs)."""
+        return _detach_tail(self.engine(x, w), n_grad)
 
 
 class QiskitLayer(nn.Module):
@@ -58,6 +63,8 @@ class QiskitLayer(nn.Module):
     ``make_execution(vqc) -> Execution`` is called on the first forward pass (in the process
     that runs the layer).
     """
+
+    supports_n_grad = True  # functional(x, w, n_grad=k): rows from k on forward-only
 
     def __init__(
         self,
@@ -101,12 +108,16 @@ class QiskitLayer(nn.Module):
         # TorchConnector returns float32; the rest of the model is float64
         return built.connector(x).to(x.dtype)
 
-    def functional(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def functional(
+        self, x: torch.Tensor, w: torch.Tensor, n_grad: int | None = None
+    ) -> torch.Tensor:
         """[B, n_qubits] inputs, per-sample weights ``w`` [B, n_weights] -> [B, n_qubits].
 
         Differentiable w.r.t. ``x`` and ``w``; ``w``'s gradient is per sample ([B, n_weights]).
         One primitive call (one PUB) for the forward pass, values and gradients together when
-        autograd records; the backward pass makes no further call.
+        autograd records; the backward pass makes no further call. ``n_grad`` (None: B): only
+        the first ``n_grad`` rows are differentiated; the others are forward-only (1 circuit
+        each, outputs detached) in the same PUB -- e.g. the critic's bootstrap states.
         """
         from .gradient import PerSampleQNNFunction
 
@@ -121,7 +132,10 @@ class QiskitLayer(nn.Module):
                 f"got {tuple(x.shape)} and {tuple(w.shape)}"
             )
         need_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-        return PerSampleQNNFunction.apply(x, w, self.built.qnn, need_grad)
+        if n_grad is not None and not 0 <= n_grad <= x.shape[0]:
+            raise ValueError(f"n_grad must be in [0, {x.shape[0]}], got {n_grad}")
+        out = PerSampleQNNFunction.apply(x, w, self.built.qnn, need_grad, n_grad)
+        return _detach_tail(out, n_grad) if need_grad else out
 
     def close(self) -> None:
         """Release the backend (closes an IBM Runtime session); safe to call twice."""
@@ -129,6 +143,13 @@ class QiskitLayer(nn.Module):
             built, self._built = self._built, None
             if built.execution is not None:
                 built.execution.close()
+
+
+def _detach_tail(out: torch.Tensor, n_grad: int | None) -> torch.Tensor:
+    """``out`` with rows from ``n_grad`` on detached (None: unchanged)."""
+    if n_grad is None or n_grad >= out.shape[0]:
+        return out
+    return torch.cat([out[:n_grad], out[n_grad:].detach()])
 
 
 def quantum_layer_factory(spec):
