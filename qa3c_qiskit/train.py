@@ -16,7 +16,7 @@ import fcntl
 import os
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -219,6 +219,17 @@ def print_parameter_table(cfg: TrainConfig) -> None:
                 print(f"  QPU budget (--max-qpu-seconds): {cfg.max_qpu_seconds:g} s")
 
 
+def backend_record(cfg: TrainConfig) -> dict | None:
+    """The backend profile as ``config.json`` records it (gradient, SPSA perturbation and seed,
+    Runtime options, shots after ``--shots``); None for the classical twin."""
+    if cfg.model != "quantum":
+        return None
+    from .backends.registry import load_profile
+
+    p = load_profile(cfg.backend)
+    return (p if cfg.shots is None else replace(p, shots=cfg.shots)).record()
+
+
 def run_dir_for(cfg: TrainConfig) -> Path:
     if cfg.resume:
         return Path(cfg.resume)
@@ -269,6 +280,7 @@ def prepare_run(cfg: TrainConfig, show_table: bool = True) -> PreparedRun:
                     r: list(range(r, learners, cfg.workers)) for r in range(cfg.workers)
                 },
                 "parameters": counts,
+                "backend_profile": backend_record(cfg),
             },
         )
         events(

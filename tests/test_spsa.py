@@ -18,6 +18,7 @@ deterministic). SPSA's own bias is O(c^2), mostly a shrinkage of the gradient: m
 
 from __future__ import annotations
 
+import json
 from statistics import NormalDist
 
 import numpy as np
@@ -271,3 +272,25 @@ def test_spsa_keys_need_spsa_and_a_qiskit_kind(tmp_path):
     rows = {r["name"]: r for r in backends.table_rows()}
     assert rows["aer_shots_spsa"]["gradient"] == "spsa (c = 0.1)"
     assert rows["aer_shots"]["gradient"] == "param_shift"
+
+
+def test_config_json_records_the_gradient_settings(tmp_path):
+    """A prepared run's config.json holds the profile's gradient, perturbation and seed (and
+    its Runtime table and shots after --shots)."""
+    from qa3c_qiskit.config import TrainConfig
+    from qa3c_qiskit.train import prepare_run
+
+    path = spsa_profile(tmp_path, "spsa_perturbation = 0.05\nspsa_seed = 9\n")
+    cfg = TrainConfig(
+        backend=path, episodes=1, workers=1, shots=32, out=str(tmp_path / "runs"), quiet=True
+    )
+    run = prepare_run(cfg, show_table=False)
+    try:
+        config = json.loads((run.run_dir / "config.json").read_text())
+    finally:
+        run.events.close()
+        run.lock.close()
+    rec = config["backend_profile"]
+    assert (rec["gradient"], rec["spsa_perturbation"], rec["spsa_seed"]) == ("spsa", 0.05, 9)
+    assert rec["kind"] == "aer" and rec["shots"] == 32 and rec["runtime"] == {}
+    assert rec["runs_on"] == "Aer"

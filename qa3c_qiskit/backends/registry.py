@@ -151,6 +151,23 @@ class Profile:
             return "Runtime local mode" if is_local(self) else "real QPU"
         return "?"
 
+    def record(self) -> dict:
+        """What a run records about its backend (``config.json``'s ``backend_profile``): name,
+        kind, what executes, profile file, shots, seed, noise source, optimization level, the
+        gradient settings (:meth:`gradient_options`) and the ``[runtime]`` table."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "runs_on": self.engine(),
+            "path": self.path,
+            "shots": self.shots,
+            "seed": self.seed,
+            "noise_source": self.noise_source,
+            "optimization_level": self.optimization_level,
+            **self.gradient_options(),
+            "runtime": dict(self.runtime),
+        }
+
     def gradient_options(self) -> dict:
         """``{"gradient", "spsa_perturbation", "spsa_seed"}`` with defaults filled in (the SPSA
         keys only for ``gradient = "spsa"``)."""
