@@ -1,11 +1,14 @@
-"""``python -m qa3c_qiskit.evaluate RUN --backend aer_noisy --episodes 20``: a trained policy on
-any backend, and videos of it.
+"""``python -m qa3c_qiskit.evaluate RUN --backend density_noisy --episodes 20``: a trained policy
+on any backend, and videos of it.
 
 Loads ``RUN/model.pt`` (or ``--model-file best_model.pt``; both written by
 :mod:`qa3c_qiskit.train`), rebuilds the actor-critic on the requested backend (the VQC weights
 are backend-independent: train on the exact ``statevector`` engine, then see how the policy
 fares with shots, noise or hardware) and prints the mean ± std return over ``--episodes``
-episodes.
+episodes. The episodes are played side by side: each step is one batched forward pass (one
+primitive call, one PUB, on the Qiskit backends) for all unfinished episodes. On a Qiskit
+backend the header gives what executes and the evaluation's cost (for ``ibm_runtime*`` the QPU
+time); a real IBM backend needs ``--max-qpu-seconds`` and stops when the usage reaches it.
 
 ``--video DIR`` also records the first ``--video-episodes`` of those episodes (the env rendered
 as ``rgb_array``: CartPole, Acrobot, MiniGrid, any Gymnasium env that renders) to
@@ -191,12 +194,21 @@ def evaluate_policy(
     seed: int = 0,
     greedy: bool = False,
     video: VideoOptions | None = None,
+    max_qpu_seconds: float | None = None,
 ) -> dict:
-    """Run ``episodes`` episodes of the policy; return {"returns", "lengths", "mean", "std",
-    "seconds", "videos"} (``videos``: the files written when ``video`` is given).
+    """Run ``episodes`` episodes of the policy side by side; return {"returns", "lengths",
+    "mean", "std", "seconds", "videos", "calls", "qpu_seconds", "stopped"}.
 
+    The episodes advance in lockstep: at every step ONE batched actor forward pass serves the
+    actions of all unfinished episodes (on the Qiskit backends one primitive call of one PUB,
+    ``calls`` = the number of lockstep steps = the longest episode). Episode ``i`` resets its
+    own env with ``seed + i``; greedy actions are the argmax, sampled ones are drawn from one
+    generator seeded with ``seed`` (one draw per unfinished episode and step, in episode
+    order): the same distribution as playing the episodes one after another.
     ``state_dict=None`` evaluates a freshly initialised model (seeded with ``seed``).
-    Episode ``i`` resets the env with ``seed + i``.
+    ``videos``: the files written when ``video`` is given. ``max_qpu_seconds``: stop when this
+    process's IBM Runtime usage since the start reaches it (``stopped`` says so; only finished
+    episodes are returned; sessions are closed either way).
     """
     if episodes <= 0:
         raise ValueError(f"--episodes must be > 0, got {episodes}")
@@ -210,43 +222,80 @@ def evaluate_policy(
     if state_dict is not None:
         model.load_state_dict(state_dict)
     gen = torch.Generator().manual_seed(seed)
-    env = make_env(env_id, render_mode="rgb_array" if video is not None else None)
+    usage = _qpu_meter(spec)
+    used0 = usage()
+    n_video = video.episodes if video is not None else 0
     label = spec.backend if spec.model == "quantum" else "classical"
-    recorder = _Recorder(video, env, env_id, label) if video is not None else None
-    returns, lengths = [], []
+    envs, recorders = [], []
+    returns, lengths = [0.0] * episodes, [0] * episodes
+    done = [False] * episodes
+    calls, stopped = 0, None
     t0 = time.time()
     try:
         for ep in range(episodes):
-            obs_np, _ = env.reset(seed=seed + ep)
-            rec = recorder if recorder is not None and ep < video.episodes else None
-            if rec is not None:
-                rec.start()
-            total, steps, done = 0.0, 0, False
-            while not done:
-                obs = torch.from_numpy(obs_np)
-                action = model.greedy(obs) if greedy else model.act(obs, gen)
-                obs_np, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                steps += 1
-                done = terminated or truncated
-                if rec is not None:
-                    rec.capture()
-            if rec is not None:
-                rec.finish(seed + ep)
-            returns.append(total)
-            lengths.append(steps)
+            envs.append(make_env(env_id, render_mode="rgb_array" if ep < n_video else None))
+            if ep < n_video:
+                recorders.append(_Recorder(video, envs[ep], env_id, label))
+        obs = []
+        for ep, env in enumerate(envs):
+            obs.append(env.reset(seed=seed + ep)[0])
+            if ep < n_video:
+                recorders[ep].start()
+        while not all(done):
+            active = [ep for ep in range(episodes) if not done[ep]]
+            batch = torch.from_numpy(np.stack([obs[ep] for ep in active]))
+            with torch.no_grad():  # one forward pass (one primitive call) for all of them
+                logits = model.logits(batch)
+            calls += 1
+            if greedy:
+                actions = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits, dim=-1)
+                actions = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+            for ep, action in zip(active, actions.tolist()):
+                obs[ep], reward, terminated, truncated, _ = envs[ep].step(action)
+                returns[ep] += float(reward)
+                lengths[ep] += 1
+                if ep < n_video:
+                    recorders[ep].capture()
+                if terminated or truncated:
+                    done[ep] = True
+                    if ep < n_video:
+                        recorders[ep].finish(seed + ep)
+            if max_qpu_seconds is not None and usage() - used0 >= max_qpu_seconds:
+                if not all(done):
+                    stopped = (
+                        f"QPU usage {usage() - used0:.1f} s reached --max-qpu-seconds "
+                        f"{max_qpu_seconds:g}: stopped with {sum(done)} of {episodes} "
+                        "episodes finished"
+                    )
+                break
     finally:
-        env.close()
+        for env in envs:
+            env.close()
         model.close()
-    r = np.asarray(returns)
+    finished = [ep for ep in range(episodes) if done[ep]]
+    r = np.asarray([returns[ep] for ep in finished])
     return {
-        "returns": returns,
-        "lengths": lengths,
-        "mean": float(r.mean()),
-        "std": float(r.std()),
+        "returns": [returns[ep] for ep in finished],
+        "lengths": [lengths[ep] for ep in finished],
+        "mean": float(r.mean()) if len(r) else float("nan"),
+        "std": float(r.std()) if len(r) else float("nan"),
         "seconds": time.time() - t0,
-        "videos": list(recorder.paths) if recorder is not None else [],
+        "videos": [path for rec in recorders for path in rec.paths],
+        "calls": calls,
+        "qpu_seconds": usage() - used0,
+        "stopped": stopped,
     }
+
+
+def _qpu_meter(spec: ModelSpec):
+    """A function returning this process's QPU seconds so far (0 off IBM Runtime)."""
+    if spec.model != "quantum":
+        return lambda: 0.0
+    from .backends.execution import qpu_usage
+
+    return lambda: float(qpu_usage()["qpu_seconds"])
 
 
 def record_video(
@@ -289,6 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="episode i resets the env with seed+i")
     parser.add_argument("--greedy", action="store_true", help="argmax action instead of sampling")
+    parser.add_argument(
+        "--max-qpu-seconds",
+        type=float,
+        default=None,
+        help="QPU-time budget in seconds (required on a real IBM backend): stop when this "
+        "evaluation's Runtime usage reaches it",
+    )
     vid = parser.add_argument_group("videos (need the optional 'video' extra)")
     vid.add_argument("--video", metavar="DIR", default=None, help="record episodes into DIR")
     vid.add_argument("--video-format", choices=VIDEO_FORMATS, default="mp4")
@@ -315,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             frame_skip=args.video_frame_skip,
             max_frames=args.video_max_frames,
         )
+    restore = None
     try:
         spec, state, env_id = load_model_run(args.run, args.model_file)
         if spec.model == "quantum":
@@ -323,22 +380,86 @@ def main(argv: list[str] | None = None) -> int:
                 backend=args.backend or spec.backend,
                 shots=args.shots if args.shots is not None else spec.shots,
             )
-        res = evaluate_policy(spec, state, env_id, args.episodes, args.seed, args.greedy, video)
+            restore = _check_backend(spec, env_id, args.episodes, args.max_qpu_seconds)
+        res = evaluate_policy(
+            spec,
+            state,
+            env_id,
+            args.episodes,
+            args.seed,
+            args.greedy,
+            video,
+            max_qpu_seconds=args.max_qpu_seconds,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if restore is not None:
+            restore()
     backend = spec.backend if spec.model == "quantum" else "classical"
+    if res["stopped"]:
+        print(res["stopped"])
     print(
-        f"{env_id} | {backend} | {args.episodes} episodes: return {res['mean']:.2f} ± "
-        f"{res['std']:.2f} (mean ± std), mean length {np.mean(res['lengths']):.1f}, "
-        f"{res['seconds']:.1f} s"
+        f"{env_id} | {backend} | {len(res['returns'])} episodes: return {res['mean']:.2f} ± "
+        f"{res['std']:.2f} (mean ± std), mean length "
+        f"{np.mean(res['lengths']) if res['lengths'] else float('nan'):.1f}, "
+        f"{res['seconds']:.1f} s, {res['calls']} primitive call(s)"
+        + (f", QPU {res['qpu_seconds']:.1f} s" if res["qpu_seconds"] else "")
     )
     for path in res["videos"]:
         print(f"video: {path}")
     return 0
+
+
+def _check_backend(spec: ModelSpec, env_id: str, episodes: int, cap: float | None):
+    """Validate the backend (a real IBM QPU needs ``cap``), print the cost header, and on IBM
+    Runtime install the stop handler (SIGTERM/SIGINT cancel jobs and close sessions); returns
+    a function restoring the previous signal handlers (or None)."""
+    from .backends import needs_qpu_cap, resolve
+    from .backends.cost import evaluation_report, format_evaluation
+
+    profile = resolve(spec.backend, spec.shots, spec.n_qubits)
+    if cap is not None and not cap > 0:
+        raise ValueError(f"--max-qpu-seconds must be > 0, got {cap}")
+    if needs_qpu_cap(profile) and cap is None:
+        raise ValueError(
+            f"backend {profile.name!r} runs on a real IBM QPU (billed): set --max-qpu-seconds "
+            f"(see python -m qa3c_qiskit.backends {spec.backend} --report)"
+        )
+    try:
+        r = evaluation_report(
+            spec.backend,
+            episodes,
+            env=env_id,
+            shots=spec.shots,
+            n_qubits=spec.n_qubits,
+            n_layers=spec.n_layers,
+            entangler=spec.entangler,
+        )
+    except Exception as exc:  # noqa: BLE001 - the header must not stop a valid evaluation
+        print(f"cost report unavailable: {exc}")
+    else:
+        print(format_evaluation(r))
+        if cap is not None and "qpu_seconds_upper_bound" in r["evaluation"]:
+            print(f"  QPU budget (--max-qpu-seconds): {cap:g} s")
+    if profile.kind != "ibm_runtime":
+        return None
+    import signal
+
+    from .backends.execution import install_stop_handler
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    install_stop_handler()
+
+    def restore():
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 if __name__ == "__main__":

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import builtins
+import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from qa3c_qiskit.envs import env_info
-from qa3c_qiskit.evaluate import VideoOptions, load_model_run, main, record_video
+from qa3c_qiskit import evaluate
+from qa3c_qiskit.envs import env_info, make_env
+from qa3c_qiskit.evaluate import (
+    VideoOptions,
+    evaluate_policy,
+    load_model_run,
+    main,
+    record_video,
+)
 from qa3c_qiskit.models import ActorCritic, ModelSpec
 
 MINIGRID = "MiniGrid-SimpleCrossingS9N1-v0"
 
 
-def save_run(tmp_path, backend="statevector", env="CartPole-v1", name="run"):
+def save_run(tmp_path, backend="statevector", env="CartPole-v1", name="run", **spec_kw):
     """A run directory as train.py writes it (model.pt with state dict, spec and config)."""
     torch.manual_seed(5)
     info = env_info(env)
-    spec = ModelSpec(info.obs_dim, info.n_actions, backend=backend)
+    spec = ModelSpec(info.obs_dim, info.n_actions, backend=backend, **spec_kw)
     model = ActorCritic(spec)
     run = tmp_path / name
     run.mkdir()
@@ -148,3 +156,93 @@ def test_video_bad_options_and_missing_extra(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'video' extra" in err and "qa3c-qiskit[video]" in err
     assert not (tmp_path / "v").exists()  # failed before running anything
+
+
+def sequential_greedy(spec, state, env_id, episodes, seed=0):
+    """The evaluation as it was: episode after episode, one action per forward pass."""
+    model = ActorCritic(spec)
+    model.load_state_dict(state)
+    returns = []
+    for ep in range(episodes):
+        env = make_env(env_id)
+        obs, _ = env.reset(seed=seed + ep)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(model.greedy(torch.from_numpy(obs)))
+            total += float(reward)
+            done = terminated or truncated
+        env.close()
+        returns.append(total)
+    return returns
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1"])
+def test_side_by_side_greedy_equals_sequential_on_the_exact_engine(tmp_path, env_id):
+    run = save_run(tmp_path, env=env_id)
+    spec, state, _ = load_model_run(run)
+    # a different policy per env; small perturbations make episodes end at different steps
+    res = evaluate_policy(spec, state, env_id, episodes=4, seed=3, greedy=True)
+    assert res["returns"] == sequential_greedy(spec, state, env_id, 4, seed=3)
+    assert res["calls"] == max(res["lengths"]) and res["stopped"] is None
+
+
+class Recording(ActorCritic):
+    """Reads the actor layer's counter when evaluate closes the model."""
+
+    seen: dict = {}
+
+    def close(self):
+        c = self.actor.core.counter
+        Recording.seen = {"calls": c.calls, "pubs": c.pubs, "circuits": c.circuits}
+        Recording.seen["critic_built"] = self.critic.core._built is not None
+        super().close()
+
+
+def test_side_by_side_is_one_call_and_one_pub_per_step(tmp_path, monkeypatch):
+    """aer_shots, 3 sampled episodes: primitive calls == lockstep steps == the longest episode,
+    one PUB each, one circuit per unfinished episode and step (sum of the lengths)."""
+    run = save_run(tmp_path, n_qubits=2, n_layers=1)
+    spec, state, env_id = load_model_run(run)
+    spec = evaluate.replace(spec, backend="aer_shots", shots=64)
+    monkeypatch.setattr(evaluate, "ActorCritic", Recording)
+    res = evaluate_policy(spec, state, env_id, episodes=3, seed=1)
+    seen = Recording.seen
+    assert len(res["returns"]) == 3 and len(set(res["lengths"])) > 1  # episodes end apart
+    assert seen["calls"] == seen["pubs"] == res["calls"] == max(res["lengths"])
+    assert seen["circuits"] == sum(res["lengths"]) and not seen["critic_built"]
+
+
+LOCAL = (
+    'kind = "ibm_runtime"\nshots = 64\nseed = 1\n[runtime]\nfake_backend = "FakeManilaV2"\n'
+    "resilience_level = 0\n"
+)
+
+
+def test_ibm_runtime_local_header_cap_and_sessions_closed(tmp_path, capsys, monkeypatch):
+    """Runtime local testing mode: the header gives the evaluation's QPU time; a tiny
+    --max-qpu-seconds stops after the first step with the session closed."""
+    from qa3c_qiskit.backends import execution
+
+    log = tmp_path / "sessions.jsonl"
+    monkeypatch.setenv("QA3C_SESSION_LOG", str(log))
+    profile = tmp_path / "rt.toml"
+    profile.write_text(LOCAL)
+    run = save_run(tmp_path, n_qubits=2, n_layers=1)
+    args = [str(run), "--backend", str(profile), "--episodes", "3", "--greedy"]
+    assert main([*args, "--max-qpu-seconds", "1e-6"]) == 0
+    out = capsys.readouterr().out
+    assert "local testing mode" in out and "QPU time <=" in out and "side by side" in out
+    assert "reached --max-qpu-seconds" in out and "1 primitive call(s)" in out
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["event"] for r in rows] == ["open", "close"] and not rows[-1]["active"]
+    assert not execution._SESSIONS
+
+
+def test_real_ibm_backend_needs_a_qpu_cap(tmp_path, capsys, monkeypatch):
+    from qa3c_qiskit.backends import registry
+
+    monkeypatch.setattr(registry, "_credential_problems", lambda p: [])
+    run = save_run(tmp_path, n_qubits=2, n_layers=1)
+    assert main([str(run), "--backend", "ibm_runtime", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-qpu-seconds" in err and "real IBM QPU" in err

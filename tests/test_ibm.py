@@ -229,7 +229,7 @@ def test_supervisor_stops_the_run_at_the_qpu_cap_and_counts_restarted_workers():
     run = types.SimpleNamespace(
         cfg=types.SimpleNamespace(max_qpu_seconds=100.0),
         events=events.append,
-        state=types.SimpleNamespace(wall_time_s=0.0),
+        state=types.SimpleNamespace(wall_time_s=0.0, episodes_done=0),
     )
     runner = types.SimpleNamespace(stop=lambda: stops.append(1))
     prog = types.SimpleNamespace(event=events.append)

@@ -4,6 +4,8 @@ run (from the device's own timing data, :mod:`~qa3c_qiskit.backends.timing`).
 
 ``report(name, ...) -> dict`` (no network, no session opened) and ``format_report(dict) -> str``;
 ``python -m qa3c_qiskit.backends NAME --report [--episodes N --learners K ...]`` prints it.
+``evaluation_report(name, episodes, ...)`` / ``format_evaluation`` give the same for
+``python -m qa3c_qiskit.evaluate`` (episodes side by side: one call per step, no gradients).
 
 Counting follows the code path of :mod:`~qa3c_qiskit.backends.gradient`: an action is one
 primitive call of one PUB holding one circuit per acting learner; an update is one call of one
@@ -222,6 +224,75 @@ def report(
             "run": run_circuits * sec,
         }
     return out
+
+
+def evaluation_report(
+    name: str,
+    episodes: int,
+    *,
+    env: str = "CartPole-v1",
+    episode_length: float | None = None,
+    shots: int | None = None,
+    n_qubits: int = 8,
+    n_layers: int = 2,
+    entangler: str = "double_ring",
+) -> dict:
+    """The cost of evaluating ``episodes`` episodes side by side on backend ``name``: the
+    training report's circuit and timing, plus ``evaluation`` = one primitive call (one PUB)
+    per lockstep step serving every unfinished episode, no gradients; upper bounds from the
+    episode length (default: the env's time limit)."""
+    r = report(
+        name,
+        episodes=episodes,
+        learners=episodes,
+        episode_length=episode_length,
+        env=env,
+        shots=shots,
+        n_qubits=n_qubits,
+        n_layers=n_layers,
+        entangler=entangler,
+    )
+    length = r["assumptions"]["mean_episode_length"]
+    quantum = r["per_action"]["calls"] > 0
+    circuits = episodes * length if quantum else 0
+    ev = {
+        "episodes": episodes,
+        "episode_length": length,
+        "calls_upper_bound": math.ceil(length) if quantum else 0,
+        "circuits_upper_bound": circuits,
+        "shots_upper_bound": circuits * (r["shots_per_circuit"] or 0),
+    }
+    if "timing" in r:
+        ev["qpu_seconds_upper_bound"] = circuits * r["timing"]["seconds_per_circuit"]
+    r["evaluation"] = ev
+    return r
+
+
+def format_evaluation(r: dict) -> str:
+    """:func:`evaluation_report` as plain text lines (the ``evaluate`` header)."""
+    c, e = r["circuit"], r["evaluation"]
+    lines = [
+        f"backend {r['backend']} (kind {r['kind']}): {r['executes']}",
+        f"  executed circuit ({c['note']}): {c['qubits_used']} qubits used of {c['width']}, "
+        f"depth {c['depth']}, {c['two_qubit_gates']} two-qubit gates"
+        + (f", layout {c['layout']}" if c["layout"] else ""),
+    ]
+    if not e["calls_upper_bound"]:
+        lines.append("  no primitive calls: the in-package exact engine")
+        return "\n".join(lines)
+    lines.append(
+        f"  evaluation: {e['episodes']} episodes side by side, 1 call (1 PUB) per step for all "
+        f"unfinished episodes: <= {e['calls_upper_bound']:,} calls, "
+        f"<= {e['circuits_upper_bound']:,.0f} circuits, "
+        f"<= {e['shots_upper_bound']:,.0f} shots (episode length <= {e['episode_length']:g})"
+    )
+    if "qpu_seconds_upper_bound" in e:
+        t = r["timing"]
+        lines.append(
+            f"  QPU time <= {_fmt_s(e['qpu_seconds_upper_bound'])} "
+            f"({t['seconds_per_circuit']:.3g} s per circuit, {t['source']}; {t['note']})"
+        )
+    return "\n".join(lines)
 
 
 def _fmt_s(x: float) -> str:
