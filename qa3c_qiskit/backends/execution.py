@@ -13,6 +13,38 @@ observables, precision), built inside the worker process that runs the layer.
   :func:`close_all` (SIGTERM handlers) or at exit. :func:`qpu_usage` meters the process's use.
 
 Set ``$QA3C_SESSION_LOG`` to a file to get a JSON line per session opened or closed.
+
+**Workers that share a backend do not share its session** (each process opens its own Session
+or Batch). Why, as of qiskit-ibm-runtime 0.51:
+
+* attaching is possible only online: ``Session.from_id(session_id, service)`` (and
+  ``Batch.from_id``) needs a ``QiskitRuntimeService`` and makes a ``session_details`` request
+  and ``service.backend(name)`` before returning; the offline alternative,
+  ``Session(backend, create_new=False)`` with ``_session_id`` set by hand, uses a private
+  attribute;
+* local testing mode has no sessions to share: ``Session(fake_backend)`` runs on
+  ``QiskitRuntimeLocalService``, its ``session_id`` stays None and ``close``/``cancel`` are
+  no-ops, so nothing past the id hand-over could be tested offline;
+* ``close()`` ends the session for every process attached to it, so only an owner that
+  outlives all workers may open and close it: the supervisor (before it starts workers, ids
+  passed through the runner's plan, also to Ray workers on other hosts), not worker 0 (a
+  restart of worker 0 would close, or orphan, the session the other workers submit to). That
+  change belongs to the supervisor and the runners.
+
+So where workers share a QPU choose ``mode = "batch"`` (or ``"job"``), or list one backend per
+worker (``backends = [...]``). What each mode costs (``Session.usage`` in
+qiskit_ibm_runtime/session.py):
+
+* ``session``: dedicated access while it is active, the iterative calls of an update loop run
+  without re-queueing; billed for the session's wall time from its first job until it is closed
+  or goes idle (idle gaps between jobs count); not available on every plan (not the Open plan).
+  Choose it for one worker per backend on a plan that has sessions. Two sessions on one QPU run
+  one after the other, not side by side.
+* ``batch``: the jobs are scheduled together, no exclusive access; billed for the QPU time of
+  its jobs only; every plan. Choose it when several workers share a QPU.
+* ``job``: every primitive call is its own job in the fair-share queue; billed for QPU time
+  only; the queue wait between calls can exceed the run time of the call. Choose it for
+  ``evaluate`` and short checks, or where nothing else is allowed.
 """
 
 from __future__ import annotations
