@@ -5,7 +5,10 @@ Runs :func:`qa3c_qiskit.a3c.run_learners` in this process on one torch thread, a
 in-process hub around a real :class:`~qa3c_qiskit.optim.SharedAdam` (what the local runner's
 shared-memory hub does, minus the lock), for the quantum agent on the exact ``statevector``
 backend and for the classical twin, on CartPole-v1 and MiniGrid-SimpleCrossingS9N1; then the
-wall time per env step of the quantum agent on ``aer_shots`` (Aer, 1,024 shots) at K = 1 and 40.
+wall time per env step of the quantum agent on ``aer_shots`` (Aer, 1,024 shots, parameter
+shift) and ``aer_shots_spsa`` (SPSA gradients) at K = 1 and 40, for the whole loop and for
+acting alone. The statevector rows use the fused NumPy path (:mod:`qa3c_qiskit.fused`); one row
+repeats the quantum CartPole row on the autograd path (``QA3C_FUSED=0``) for comparison.
 
     python benchmarks/learners.py                 # the full table (~3-4 min on 2 cores)
     python benchmarks/learners.py --steps 4000 --shots-steps 200
@@ -17,6 +20,7 @@ Check with ``ps`` that nothing else runs: on two cores one stray run halves ever
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -76,6 +80,24 @@ def measure(env_id: str, model: str, k: int, steps: int, backend: str = "stateve
     return hub.steps / (time.perf_counter() - hub.start)
 
 
+def measure_acting(k: int, backend: str, reps: int = 20) -> float:
+    """ms of wall time per env step spent choosing the K learners' actions (one batched call
+    of the quantum layer per step, no updates)."""
+    info = env_info("CartPole-v1")
+    spec = ModelSpec(info.obs_dim, info.n_actions, "quantum", backend=backend)
+    torch.manual_seed(0)
+    model = ActorCritic(spec)
+    thetas = model.flat.detach().repeat(k, 1)
+    obs = torch.randn(k, info.obs_dim, dtype=torch.float64)
+    with torch.no_grad():
+        model.batched_logits(thetas, obs)  # build the backend's objects
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            model.batched_logits(thetas, obs)
+    model.close()
+    return 1e3 * (time.perf_counter() - t0) / reps / k
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8000, help="env steps per statevector row")
@@ -94,12 +116,28 @@ def main() -> None:
             name = "quantum (statevector)" if model == "quantum" else "classical twin"
             cells = " | ".join(f"{r:,.0f}" for r in rates)
             print(f"| {env_id} | {name} | {cells} | {rates[-1] / rates[0]:.1f}x |", flush=True)
-    print("\naer_shots (Aer, 1,024 shots), CartPole-v1, quantum:\n")
-    print("| K | env steps/s | ms of wall time per env step | ms per batched step |")
-    print("|---:|---:|---:|---:|")
-    for k in (1, 40):
-        rate = measure("CartPole-v1", "quantum", k, max(args.shots_steps, 2 * k), "aer_shots")
-        print(f"| {k} | {rate:,.0f} | {1e3 / rate:.2f} | {1e3 * k / rate:.1f} |", flush=True)
+            if model == "quantum" and env_id == ENVS[0]:  # the autograd path, for comparison
+                os.environ["QA3C_FUSED"] = "0"
+                slow = [measure(env_id, model, k, args.steps) for k in args.ks]
+                del os.environ["QA3C_FUSED"]
+                cells = " | ".join(f"{r:,.0f} ({f / r:.2f}x)" for r, f in zip(slow, rates))
+                print(
+                    f"| {env_id} | quantum, autograd path (QA3C_FUSED=0; fused speed-up) | "
+                    f"{cells} | {slow[-1] / slow[0]:.1f}x |",
+                    flush=True,
+                )
+    print(
+        "\nQiskit backends (1,024 shots), CartPole-v1, quantum, the whole loop and acting alone:\n"
+    )
+    print(
+        "| backend | K | env steps/s | ms of wall time per env step | acting only, ms per env step |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for backend in ("aer_shots", "aer_shots_spsa"):
+        for k in (1, 40):
+            rate = measure("CartPole-v1", "quantum", k, max(args.shots_steps, 2 * k), backend)
+            act = measure_acting(k, backend)
+            print(f"| {backend} | {k} | {rate:,.0f} | {1e3 / rate:.2f} | {act:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
