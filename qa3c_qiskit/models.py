@@ -16,6 +16,10 @@ Many actor-learners per process (:mod:`qa3c_qiskit.a3c`) evaluate the same archi
 parameters sample ``b`` is evaluated with) and are differentiable with respect to it, so one
 backward pass through rows indexed from per-learner copies yields each learner's own gradient.
 Every core module therefore has ``functional(x [B, n_qubits], rows [B, n_core])``.
+
+:mod:`qa3c_qiskit.fused` repeats this forward in NumPy with a hand-written backward (the
+actor-learners' hot path on the exact engine and for the twin); ``tests/test_fused.py`` holds
+the two equal, so a change to the architecture here needs the same change there.
 """
 
 from __future__ import annotations
