@@ -131,10 +131,10 @@ def test_02_compare_backends(tmp_path, monkeypatch):
         for m in re.finditer(r"^(.+?)\s+mean \|error\| of <Z_i> = (\S+)$", text, re.M)
     }
     # Every backend of the registry that this notebook compares is available here.
-    assert set(err) == {"aer_statevector", "aer_shots (64)", "aer_shots (4096)", "aer_noisy"}
+    assert set(err) == {"aer_statevector", "aer_shots (64)", "aer_shots (4096)", "density_noisy"}
     assert err["aer_statevector"] < 1e-6  # exact Aer agrees with the torch engine
     assert err["aer_shots (4096)"] < err["aer_shots (64)"]  # shot noise falls with shots
-    assert err["aer_noisy"] > 1e-3  # device noise is visible
+    assert err["density_noisy"] > 1e-3  # device noise is visible
     assert text.count("ms / action") == 5 and has_image(nb)
 
 
