@@ -4,7 +4,8 @@ parameter-shift gradient and the torch layers.
 Modules, by concept (imports flow downwards only; no cycles):
 
 ====================  ======================================================================
-``registry``          profiles (TOML): find, load, validate, list; the ``python -m`` CLI
+``registry``          profiles (TOML): find, load, validate, list
+``cli``               ``python -m qa3c_qiskit.backends``: the table of backends, ``--report``
 ``noise``             fake-device noise on the logical qubits (gate errors, readout)
 ``estimators``        EstimatorV2s (Aer shots, counting wrapper), observable diagonals,
                       readout, the :class:`ShiftValuesEstimator` protocol
@@ -23,6 +24,7 @@ the kind in ``registry.KINDS`` (with its checks in ``profile_problems``); adding
 a TOML profile, no code.
 """
 
+from .cli import main, table_rows
 from .layers import QiskitLayer, StatevectorLayer, quantum_layer_factory
 from .noise import device_basis, fake_backend, logical_gate_errors, logical_noise_model
 from .registry import (
@@ -35,11 +37,9 @@ from .registry import (
     check_backend,
     known_backends,
     load_profile,
-    main,
     needs_qpu_cap,
     profile_problems,
     resolve,
-    table_rows,
 )
 
 __all__ = [

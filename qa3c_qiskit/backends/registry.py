@@ -32,12 +32,11 @@ A user adds a backend by adding a file. Fields (all optional except ``kind``):
   (``XX`` | ``XpXm`` | ``XY4``), ``twirling_gates``, ``twirling_measure`` (bool), ``precision``
   (instead of ``shots``: the estimator's target standard error).
 
-Run ``python -m qa3c_qiskit.backends`` for the table of known backends.
+Run ``python -m qa3c_qiskit.backends`` for the table of known backends (:mod:`.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -431,113 +430,3 @@ def resolve(name: str, shots: int | None = None, n_qubits: int | None = None) ->
 def check_backend(name: str) -> None:
     """Raise a one-line ValueError if ``name`` is not a usable backend (unknown or bad profile)."""
     resolve(name)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI: the table of known backends
-# --------------------------------------------------------------------------------------------
-def table_rows() -> list[dict]:
-    """One row per known backend and per deprecated alias: name, kind, runs on (what executes:
-    exact engine, Aer, in-package density-matrix engine, Runtime local mode, real QPU), shots,
-    gradient, device, needs, status, description."""
-    known = known_backends()
-    rows = [_row(name, path) for name, path in sorted(known.items())]
-    for alias, target in ALIASES.items():
-        if alias not in known and target in known:
-            row = _row(target, known[target])
-            rows.append({**row, "name": alias, "status": f"deprecated name of {target}"})
-    return sorted(rows, key=lambda r: r["name"])
-
-
-def _row(name: str, path: Path) -> dict:
-    try:
-        p = load_profile(name if str(path) == "<built-in>" else str(path))
-        problems = profile_problems(p)
-        status = "ok" if not problems else problems[0]
-    except ValueError as exc:
-        p, status = Profile(name=name, kind="?"), str(exc)
-    targets = ", ".join(runtime_targets(p)) if p.kind == "ibm_runtime" else ""
-    if p.kind == "statevector":
-        grad = "exact (adjoint)"
-    elif p.gradient == "spsa" and not gradient_problems(p):
-        grad = f"spsa (c = {p.gradient_options()['spsa_perturbation']:g})"
-    else:
-        grad = str(p.gradient)
-    return {
-        "name": name,
-        "kind": p.kind,
-        "runs on": p.engine(),
-        "shots": "exact" if p.shots is None else str(p.shots),
-        "gradient": grad,
-        "device": p.noise_source or targets or "-",
-        "needs": p.needs(),
-        "status": status,
-        "description": p.description,
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m qa3c_qiskit.backends``: print the table of known backends."""
-    parser = argparse.ArgumentParser(
-        prog="python -m qa3c_qiskit.backends",
-        description="List the known quantum backends (built-in profiles, ./backends/ and "
-        "$QA3C_BACKENDS_DIR).",
-    )
-    parser.add_argument("name", nargs="?", help="a backend name or profile path (with --report)")
-    parser.add_argument(
-        "--report",
-        action="store_true",
-        help="print NAME's executed circuit, calls/circuits/shots per action, update, episode "
-        "and run, and for ibm_runtime* the estimated QPU seconds",
-    )
-    parser.add_argument("--episodes", type=int, default=1, help="episodes of the run (report)")
-    parser.add_argument("--learners", type=int, default=1, help="actor-learners (report)")
-    parser.add_argument(
-        "--episode-length",
-        type=float,
-        default=None,
-        help="assumed mean episode length (default: the env's time limit, an upper bound)",
-    )
-    parser.add_argument("--env", default="CartPole-v1", help="environment id (report)")
-    parser.add_argument("--update-every", type=int, default=5, help="S (report)")
-    parser.add_argument("--shots", type=int, default=None, help="override the shots (report)")
-    parser.add_argument("--n-qubits", type=int, default=8)
-    parser.add_argument("--n-layers", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.name or args.report:
-        if not args.name:
-            parser.error("--report needs a backend NAME")
-        from .cost import format_report, report
-
-        try:
-            r = report(
-                args.name,
-                episodes=args.episodes,
-                learners=args.learners,
-                episode_length=args.episode_length,
-                env=args.env,
-                update_every=args.update_every,
-                shots=args.shots,
-                n_qubits=args.n_qubits,
-                n_layers=args.n_layers,
-            )
-        except ValueError as exc:
-            print(f"error: {exc}")
-            return 2
-        print(format_report(r))
-        return 0
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    rows = table_rows()
-    cols = ("name", "kind", "runs on", "shots", "gradient", "device", "needs", "status")
-    cols += ("description",)
-    dirs = ", ".join(str(d) for d in backend_dirs() if d.is_dir())
-    table = Table(title=f"Backends (profiles in {dirs})")
-    for col in cols:
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(*(escape(r[c]) for c in cols))
-    Console(width=max(Console().width, 200)).print(table)
-    return 0
