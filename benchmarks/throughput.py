@@ -103,14 +103,20 @@ class TorchConnectorCore(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.connector(x).to(torch.float64)
 
-    def functional(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The loop's per-sample-weights call; with one learner every row is the same weight
-        vector, so this is TorchConnector's own autograd function with that vector."""
+    def functional(self, x: torch.Tensor, rows: torch.Tensor, n_grad=None) -> torch.Tensor:
+        """The loop's per-sample-weights call. With one learner the rows hold at most two
+        weight vectors (the actor's and the critic's VQC): one TorchConnector autograd call
+        per distinct vector, as a TorchConnector model makes one call per network."""
         from qiskit_machine_learning.connectors.torch_connector import _TorchNNFunction
 
-        assert bool((rows == rows[:1]).all()), "TorchConnector: one weight vector per call"
         qnn = self.connector.neural_network
-        return _TorchNNFunction.apply(x, rows[0], qnn, False).to(torch.float64)
+        _, group = torch.unique(rows.detach(), dim=0, return_inverse=True)
+        out = torch.zeros(x.shape[0], qnn.output_shape[0], dtype=torch.float64)
+        for g in group.unique().tolist():
+            idx = (group == g).nonzero().squeeze(1)
+            val = _TorchNNFunction.apply(x[idx], rows[idx[0]], qnn, False).to(torch.float64)
+            out = out.index_copy(0, idx, val)
+        return out
 
 
 @contextlib.contextmanager
