@@ -111,6 +111,9 @@ class PeriodicEvaluator:
         self.completed = 0
         self.thread: threading.Thread | None = None
         self.running_episode: int | None = None
+        #: the latest evaluation skipped while another ran: (episode, state dict, wall time);
+        #: :meth:`finish` runs it if nothing later started, so the run's last due one is done
+        self.pending: tuple | None = None
         self.results: queue.Queue = queue.Queue()
         new = not self.path.exists() or self.path.stat().st_size == 0
         self.fh = open(self.path, "a", newline="")
@@ -132,6 +135,7 @@ class PeriodicEvaluator:
             return False
         if self.busy():
             self.skipped += 1
+            self.pending = (episode, get_state_dict(), wall_time)
             if self.events is not None:
                 self.events(
                     f"evaluation at episode {episode} skipped: the one of episode "
@@ -139,7 +143,7 @@ class PeriodicEvaluator:
                 )
             return False
         state_dict = get_state_dict()
-        self.running_episode = episode
+        self.running_episode, self.pending = episode, None
         self.thread = threading.Thread(
             target=self._work,
             args=(episode, state_dict, wall_time),
@@ -214,9 +218,16 @@ class PeriodicEvaluator:
         return done
 
     def finish(self, wait: bool = True) -> None:
-        """Wait for the running evaluation (if ``wait``), write what finished, close eval.csv."""
+        """Wait for the running evaluation (if ``wait``), then run the last skipped one if no
+        later one started (the evaluation due at the run's end is never lost to a busy
+        evaluator), write what finished, close eval.csv."""
         if wait and self.thread is not None:
             self.thread.join()
+        if wait and self.pending is not None:
+            self.skipped -= 1
+            self.running_episode = self.pending[0]
+            self._work(*self.pending)  # in this thread: the run is over
+            self.pending = None
         self.poll()
         if not self.fh.closed:
             self.fh.flush()

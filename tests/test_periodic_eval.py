@@ -52,6 +52,7 @@ def test_eval_writes_rows_and_a_best_model_evaluate_loads(tmp_path, capsys):
     assert summary["evaluations"] == len(rows) >= 1
     assert summary["evaluations"] + summary["evaluations_skipped"] == 4
     assert all(r["episode"] in (5, 10, 15, 20) for r in rows)
+    assert rows[-1]["episode"] == 20  # the evaluation due at the run's end is never skipped
     assert all(r["eval_seconds"] > 0 for r in rows)
     capsys.readouterr()
     assert evaluate_main([str(run), "--model-file", "best_model.pt", "--episodes", "2"]) == 0
