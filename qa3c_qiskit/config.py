@@ -103,6 +103,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def options_for(self, cls) -> dict:
+        """This config's values of the fields dataclass ``cls`` shares with it (``ModelSpec``,
+        ``A3CSettings``), by name: no keyword list to keep in step with either."""
+        return {f.name: getattr(self, f.name) for f in fields(cls) if hasattr(self, f.name)}
+
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with one ``--option`` per TrainConfig field."""

@@ -420,7 +420,7 @@ def _check_backend(spec: ModelSpec, env_id: str, episodes: int, cap: float | Non
     Runtime install the stop handler (SIGTERM/SIGINT cancel jobs and close sessions); returns
     a function restoring the previous signal handlers (or None)."""
     from .backends import needs_qpu_cap, resolve
-    from .backends.cost import evaluation_report, format_evaluation
+    from .backends.cost import print_header
 
     profile = resolve(spec.backend, spec.shots, spec.n_qubits)
     if cap is not None and not cap > 0:
@@ -430,22 +430,7 @@ def _check_backend(spec: ModelSpec, env_id: str, episodes: int, cap: float | Non
             f"backend {profile.name!r} runs on a real IBM QPU (billed): set --max-qpu-seconds "
             f"(see python -m qa3c_qiskit.backends {spec.backend} --report)"
         )
-    try:
-        r = evaluation_report(
-            spec.backend,
-            episodes,
-            env=env_id,
-            shots=spec.shots,
-            n_qubits=spec.n_qubits,
-            n_layers=spec.n_layers,
-            entangler=spec.entangler,
-        )
-    except Exception as exc:  # noqa: BLE001 - the header must not stop a valid evaluation
-        print(f"cost report unavailable: {exc}")
-    else:
-        print(format_evaluation(r))
-        if cap is not None and "qpu_seconds_upper_bound" in r["evaluation"]:
-            print(f"  QPU budget (--max-qpu-seconds): {cap:g} s")
+    print_header(spec, env_id, episodes, cap)
     if profile.kind != "ibm_runtime":
         return None
     import signal

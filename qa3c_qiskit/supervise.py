@@ -77,13 +77,7 @@ class PreparedRun:
 
 
 def settings_of(cfg: TrainConfig) -> A3CSettings:
-    return A3CSettings(
-        gamma=cfg.gamma,
-        update_every=cfg.update_every,
-        entropy_coef=cfg.entropy_coef,
-        loss_reduction=cfg.loss_reduction,
-        on_nonfinite=cfg.on_nonfinite,
-    )
+    return A3CSettings(**cfg.options_for(A3CSettings))
 
 
 def run_plan(cfg: TrainConfig, spec: ModelSpec, resume_count: int) -> RunPlan:

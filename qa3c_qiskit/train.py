@@ -50,16 +50,7 @@ from .supervise import (
 
 def model_spec(cfg: TrainConfig) -> ModelSpec:
     info = env_info(cfg.env)
-    return ModelSpec(
-        obs_dim=info.obs_dim,
-        n_actions=info.n_actions,
-        model=cfg.model,
-        n_qubits=cfg.n_qubits,
-        n_layers=cfg.n_layers,
-        entangler=cfg.entangler,
-        backend=cfg.backend,
-        shots=cfg.shots,
-    )
+    return ModelSpec(info.obs_dim, info.n_actions, **cfg.options_for(ModelSpec))
 
 
 def validate(cfg: TrainConfig) -> dict | None:
@@ -197,26 +188,16 @@ def print_parameter_table(cfg: TrainConfig) -> None:
         )
     Console(width=max(Console().width, 110)).print(table)
     if cfg.model == "quantum":  # what executes and what it costs (QPU time for ibm_runtime*)
-        from .backends.cost import format_report, report
+        from .backends.cost import print_header
 
-        try:
-            r = report(
-                cfg.backend,
-                episodes=cfg.episodes,
-                learners=cfg.learners or cfg.workers,
-                env=cfg.env,
-                update_every=cfg.update_every,
-                shots=cfg.shots,
-                n_qubits=cfg.n_qubits,
-                n_layers=cfg.n_layers,
-                entangler=cfg.entangler,
-            )
-        except Exception as exc:  # noqa: BLE001 - the header must not stop a valid run
-            print(f"cost report unavailable: {exc}")
-        else:
-            print(format_report(r))
-            if cfg.max_qpu_seconds is not None and "qpu_seconds" in r:
-                print(f"  QPU budget (--max-qpu-seconds): {cfg.max_qpu_seconds:g} s")
+        print_header(
+            model_spec(cfg),
+            cfg.env,
+            cfg.episodes,
+            cfg.max_qpu_seconds,
+            learners=cfg.learners or cfg.workers,
+            update_every=cfg.update_every,
+        )
 
 
 def backend_record(cfg: TrainConfig) -> dict | None:

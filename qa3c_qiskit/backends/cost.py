@@ -6,6 +6,7 @@ run (from the device's own timing data, :mod:`~qa3c_qiskit.backends.timing`).
 ``python -m qa3c_qiskit.backends NAME --report [--episodes N --learners K ...]`` prints it.
 ``evaluation_report(name, episodes, ...)`` / ``format_evaluation`` give the same for
 ``python -m qa3c_qiskit.evaluate`` (episodes side by side: one call per step, no gradients).
+``print_header`` prints either above a training run or an evaluation.
 
 Counting follows the code path of :mod:`~qa3c_qiskit.backends.gradient`: an action is one
 primitive call of one PUB holding one circuit per acting learner; an update is one call of one
@@ -268,15 +269,22 @@ def evaluation_report(
     return r
 
 
-def format_evaluation(r: dict) -> str:
-    """:func:`evaluation_report` as plain text lines (the ``evaluate`` header)."""
-    c, e = r["circuit"], r["evaluation"]
-    lines = [
+def _backend_lines(r: dict, parameterized_gates: bool = False) -> list[str]:
+    """A report's first lines: the backend, what executes it, the executed circuit."""
+    c = r["circuit"]
+    gates = f", {c['parameterized_gates']} parameterized gates" if parameterized_gates else ""
+    return [
         f"backend {r['backend']} (kind {r['kind']}): {r['executes']}",
         f"  executed circuit ({c['note']}): {c['qubits_used']} qubits used of {c['width']}, "
-        f"depth {c['depth']}, {c['two_qubit_gates']} two-qubit gates"
+        f"depth {c['depth']}, {c['two_qubit_gates']} two-qubit gates{gates}"
         + (f", layout {c['layout']}" if c["layout"] else ""),
     ]
+
+
+def format_evaluation(r: dict) -> str:
+    """:func:`evaluation_report` as plain text lines (the ``evaluate`` header)."""
+    e = r["evaluation"]
+    lines = _backend_lines(r)
     if not e["calls_upper_bound"]:
         lines.append("  no primitive calls: the in-package exact engine")
         return "\n".join(lines)
@@ -314,14 +322,8 @@ def _fmt_gradient(grad: dict) -> str:
 
 def format_report(r: dict) -> str:
     """The report as plain text lines (for the CLI and the train header)."""
-    c, a = r["circuit"], r["assumptions"]
-    lines = [
-        f"backend {r['backend']} (kind {r['kind']}): {r['executes']}",
-        f"  executed circuit ({c['note']}): {c['qubits_used']} qubits used of {c['width']}, "
-        f"depth {c['depth']}, {c['two_qubit_gates']} two-qubit gates, "
-        f"{c['parameterized_gates']} parameterized gates"
-        + (f", layout {c['layout']}" if c["layout"] else ""),
-    ]
+    a = r["assumptions"]
+    lines = _backend_lines(r, parameterized_gates=True)
     if r["per_action"]["calls"] == 0:
         lines.append("  no primitive calls: autograd on the in-package engine")
         return "\n".join(lines)
@@ -359,3 +361,23 @@ def format_report(r: dict) -> str:
             f"  ({t['note']})",
         ]
     return "\n".join(lines)
+
+
+def print_header(spec, env: str, episodes: int, cap: float | None, **training) -> None:
+    """Print the cost report of ``spec``'s backend (a ``ModelSpec``: its circuit and shots)
+    above a training run (``training``: its ``learners`` and ``update_every``) or, without
+    ``training``, an evaluation of ``episodes`` episodes; with the QPU budget ``cap``
+    (``--max-qpu-seconds``) where QPU time is estimated. A report that fails is said, not
+    raised: the header must not stop a valid run."""
+    circuit = {k: getattr(spec, k) for k in ("shots", "n_qubits", "n_layers", "entangler")}
+    try:
+        if training:
+            r = report(spec.backend, episodes=episodes, env=env, **training, **circuit)
+        else:
+            r = evaluation_report(spec.backend, episodes, env=env, **circuit)
+    except Exception as exc:  # noqa: BLE001 - see above
+        print(f"cost report unavailable: {exc}")
+        return
+    print(format_report(r) if training else format_evaluation(r))
+    if cap is not None and "timing" in r:  # the QPU seconds are estimated from the timing
+        print(f"  QPU budget (--max-qpu-seconds): {cap:g} s")
