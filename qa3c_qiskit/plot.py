@@ -390,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         "for one or more runs (like the paper's Figs. 7-9). A run is a training run "
         "directory (metrics.csv) or a compact run folder exported by reproduce (curve.csv).",
     )
-    parser.add_argument("runs", nargs="+", help="run directories or compact run folders")
+    parser.add_argument(
+        "run_dirs", metavar="runs", nargs="+", help="run directories or compact run folders"
+    )
     parser.add_argument("-o", "--out", default="curves.png", help="output PNG")
     parser.add_argument("--title", default=None, help="figure title (default: the env ids)")
     parser.add_argument("--window", type=int, default=WINDOW, help="moving-average window")
@@ -411,15 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --window must be > 0, got {args.window}", file=sys.stderr)
         return 2
     try:
-        out = plot_runs(
-            args.runs,
-            args.out,
-            group=args.group,
-            title=args.title,
-            window=args.window,
-            threshold=args.threshold,
-            band=args.band,
-        )
+        out = plot_runs(**vars(args))  # every option is a parameter of plot_runs
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -86,24 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, default=None, help="override the shots (report)")
     parser.add_argument("--n-qubits", type=int, default=8)
     parser.add_argument("--n-layers", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.name or args.report:
-        if not args.name:
+    options = vars(parser.parse_args(argv))
+    name, show_report = options.pop("name"), options.pop("report")
+    if name or show_report:
+        if not name:
             parser.error("--report needs a backend NAME")
         from .cost import format_report, report
 
         try:
-            r = report(
-                args.name,
-                episodes=args.episodes,
-                learners=args.learners,
-                episode_length=args.episode_length,
-                env=args.env,
-                update_every=args.update_every,
-                shots=args.shots,
-                n_qubits=args.n_qubits,
-                n_layers=args.n_layers,
-            )
+            r = report(name, **options)  # the other options are cost.report's keywords
         except ValueError as exc:
             print(f"error: {exc}")
             return 2
