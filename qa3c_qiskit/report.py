@@ -31,37 +31,73 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
-AGG_HEADER = [
+#: the words heading a result field in a table (other fields: their name, spaced)
+HEADERS = {
+    "solved": "seeds solved",
+    "auc_avg100": "AUC",
+    "wall_time_s": "wall time (s)",
+    "env_steps_per_s": "env steps/s",
+}
+#: the digits a field's numbers are shown with (``_fmt``; fields not listed: as they are)
+DIGITS = {
+    "workers": 1,
+    "final_avg100": 2,
+    "best_avg100": 2,
+    "episodes_to_threshold": 0,
+    "auc_avg100": 2,
+    "wall_time_s": 0,
+    "env_steps": 1,
+    "env_steps_per_s": 0,
+}
+
+#: results.md's per-run table: the RESULT_FIELDS but those the file states once (env, reward
+#: threshold) or the episodes column tells (intended episodes, complete)
+RUN_COLUMNS = [
+    f
+    for f in RESULT_FIELDS
+    if f not in ("env", "intended_episodes", "complete", "reward_threshold")
+]
+#: the per-model table (:func:`qa3c_qiskit.results.aggregate`: mean ± std over seeds)
+AGG_COLUMNS = [
     "model",
     "backend",
     "learners",
     "seeds",
     "episodes",
-    "final avg100",
-    "best avg100",
-    "seeds solved",
-    "episodes to threshold",
-    "AUC (mean avg100)",
-    "wall time (s)",
-    "env steps/s",
+    "final_avg100",
+    "best_avg100",
+    "solved",
+    "episodes_to_threshold",
+    "auc_avg100",
+    "wall_time_s",
+    "env_steps_per_s",
 ]
 
 
-def agg_cells(a: dict) -> list:
-    return [
-        a["model"],
-        a["backend"],
-        a["learners"],
-        a["seeds"],
-        budget_text(a["episodes"], a["intended_episodes"], a["complete"], a["episodes_max"]),
-        _fmt(a["final_avg100"], 2),
-        _fmt(a["best_avg100"], 2),
-        a["solved"],
-        _fmt(a["episodes_to_threshold"], 0),
-        _fmt(a["auc_avg100"], 2),
-        _fmt(a["wall_time_s"], 0),
-        _fmt(a["env_steps_per_s"], 0),
-    ]
+def table_header(columns: list[str], **names: str) -> list[str]:
+    """The header of a table of ``columns`` (``names``: headers other than :data:`HEADERS`)."""
+    return [names.get(c) or HEADERS.get(c) or c.replace("_", " ") for c in columns]
+
+
+def table_cell(row: dict, column: str):
+    """The cell of ``column`` of a result row (or aggregate) in a table."""
+    if column == "episodes":  # the budget reached, or of how many
+        return budget_text(
+            row["episodes"], row["intended_episodes"], row["complete"], row.get("episodes_max")
+        )
+    return _fmt(row[column], DIGITS[column]) if column in DIGITS else row[column]
+
+
+def markdown_rows(columns: list[str], rows: list[dict], **names: str) -> str:
+    """A markdown table of ``columns`` of result rows (or aggregates)."""
+    return markdown_table(
+        table_header(columns, **names), [[table_cell(r, c) for c in columns] for r in rows]
+    )
+
+
+def agg_table(agg: list[dict]) -> str:
+    """The per-model table (mean ± std over seeds) of results.md and learners.md."""
+    return markdown_rows(AGG_COLUMNS, agg, auc_avg100="AUC (mean avg100)")
 
 
 NOTES = (
@@ -97,45 +133,9 @@ def results_markdown(env: str, rows: list[dict], agg: list[dict], verdicts: list
         "![curves](curves.png)\n",
         f"{NOTES} Reward threshold: {threshold}.\n",
         "## Per model (mean ± std over seeds)\n",
-        markdown_table(AGG_HEADER, [agg_cells(a) for a in agg]),
+        agg_table(agg),
         "## Per run\n",
-        markdown_table(
-            [
-                "model",
-                "backend",
-                "learners",
-                "workers",
-                "seed",
-                "episodes",
-                "status",
-                "final avg100",
-                "best avg100",
-                "episodes to threshold",
-                "AUC",
-                "wall time (s)",
-                "env steps",
-                "env steps/s",
-            ],
-            [
-                [
-                    r["model"],
-                    r["backend"],
-                    r["learners"],
-                    _fmt(r["workers"]),
-                    r["seed"],
-                    budget_text(r["episodes"], r["intended_episodes"], r["complete"]),
-                    r["status"],
-                    _fmt(r["final_avg100"], 2),
-                    _fmt(r["best_avg100"], 2),
-                    _fmt(r["episodes_to_threshold"]),
-                    _fmt(r["auc_avg100"], 2),
-                    _fmt(r["wall_time_s"], 0),
-                    _fmt(r["env_steps"]),
-                    _fmt(r["env_steps_per_s"], 0),
-                ]
-                for r in rows
-            ],
-        ),
+        markdown_rows(RUN_COLUMNS, rows),
         "## Commands that produced these runs\n",
         "".join(f"    {c}\n" for c in commands) or "(not recorded)\n",
     ]
@@ -195,7 +195,7 @@ def write_env_report(folder: Path, env: str, runs: list[CompactRun], band: str =
             f"# {env}: {counts} actor-learners\n\n"
             + "".join(f"- {line}\n" for line in data["learners"])
             + "\n![learners](learners.png)\n\n"
-            + markdown_table(AGG_HEADER, [agg_cells(a) for a in agg])
+            + agg_table(agg)
             + f"\n{NOTES}\n"
         )
     else:
