@@ -28,18 +28,19 @@ def write_json(path: Path, obj) -> None:
 
 
 class MetricsWriter:
-    """Appends one CSV row per finished episode to ``metrics.csv`` (header once)."""
+    """Appends CSV rows of the columns ``fields`` to ``path`` (header once): ``metrics.csv``,
+    one row per finished episode, and ``eval.csv`` (:mod:`qa3c_qiskit.periodic_eval`)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fields: list[str] = METRICS_FIELDS):
         self.path = Path(path)
         new = not self.path.exists() or self.path.stat().st_size == 0
-        fields = METRICS_FIELDS
+        header = fields
         if not new:  # a run started before a column was added keeps its header
             with open(self.path, newline="") as fh:
-                fields = next(csv.reader(fh))
-        self.fields = [k for k in fields if k in METRICS_FIELDS]
+                header = next(csv.reader(fh))
+        self.fields = [k for k in header if k in fields]
         self.fh = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=fields)
+        self.writer = csv.DictWriter(self.fh, fieldnames=header)
         if new:
             self.writer.writeheader()
             self.fh.flush()

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import queue
 import threading
 import time
 from pathlib import Path
 
 import torch
+
+from .metrics import MetricsWriter
 
 EVAL_CSV = "eval.csv"
 BEST_MODEL = "best_model.pt"
@@ -115,12 +116,7 @@ class PeriodicEvaluator:
         #: :meth:`finish` runs it if nothing later started, so the run's last due one is done
         self.pending: tuple | None = None
         self.results: queue.Queue = queue.Queue()
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self.fh = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=EVAL_FIELDS)
-        if new:
-            self.writer.writeheader()
-            self.fh.flush()
+        self.log = MetricsWriter(self.path, EVAL_FIELDS)
 
     def due(self, episode: int) -> bool:
         return self.every > 0 and episode % self.every == 0
@@ -198,8 +194,8 @@ class PeriodicEvaluator:
                     self.events(f"evaluation at episode {res['episode']} failed: {res['error']}")
                 continue
             state_dict = res.pop("state_dict")
-            self.writer.writerow({k: res[k] for k in EVAL_FIELDS})
-            self.fh.flush()
+            self.log.write(res)
+            self.log.fh.flush()
             self.completed += 1
             if self.tb is not None:
                 self.tb.evaluation(res["episode"], res)
@@ -229,10 +225,7 @@ class PeriodicEvaluator:
             self._work(*self.pending)  # in this thread: the run is over
             self.pending = None
         self.poll()
-        if not self.fh.closed:
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
-            self.fh.close()
+        self.log.close()
 
     def summary(self) -> dict:
         return {
