@@ -133,3 +133,20 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
+def qpu_cap_problems(profile, backend: str, cap: float | None) -> list[str]:
+    """What is wrong with the QPU budget ``cap`` (``--max-qpu-seconds`` of train and evaluate)
+    for ``profile``, the resolved backend ``backend`` (None: no quantum backend): it must be
+    > 0, and a real IBM QPU (billed) needs one."""
+    if cap is not None and not cap > 0:
+        return [f"--max-qpu-seconds must be > 0, got {cap}"]
+    if cap is None and profile is not None:
+        from .backends import needs_qpu_cap  # loaded for a quantum model only
+
+        if needs_qpu_cap(profile):
+            return [
+                f"backend {profile.name!r} runs on a real IBM QPU (billed): set "
+                f"--max-qpu-seconds (see python -m qa3c_qiskit.backends {backend} --report)"
+            ]
+    return []

@@ -419,17 +419,14 @@ def _check_backend(spec: ModelSpec, env_id: str, episodes: int, cap: float | Non
     """Validate the backend (a real IBM QPU needs ``cap``), print the cost header, and on IBM
     Runtime install the stop handler (SIGTERM/SIGINT cancel jobs and close sessions); returns
     a function restoring the previous signal handlers (or None)."""
-    from .backends import needs_qpu_cap, resolve
+    from .backends import resolve
     from .backends.cost import print_header
+    from .config import qpu_cap_problems
 
     profile = resolve(spec.backend, spec.shots, spec.n_qubits)
-    if cap is not None and not cap > 0:
-        raise ValueError(f"--max-qpu-seconds must be > 0, got {cap}")
-    if needs_qpu_cap(profile) and cap is None:
-        raise ValueError(
-            f"backend {profile.name!r} runs on a real IBM QPU (billed): set --max-qpu-seconds "
-            f"(see python -m qa3c_qiskit.backends {spec.backend} --report)"
-        )
+    problems = qpu_cap_problems(profile, spec.backend, cap)
+    if problems:
+        raise ValueError("; ".join(problems))
     print_header(spec, env_id, episodes, cap)
     if profile.kind != "ibm_runtime":
         return None

@@ -35,7 +35,7 @@ from .checkpoint import (
     reconcile_metrics,
     set_rng_states,
 )
-from .config import TrainConfig, build_parser, config_from_args
+from .config import TrainConfig, build_parser, config_from_args, qpu_cap_problems
 from .envs import PAPER_ENVS, env_info
 from .metrics import write_json
 from .models import ActorCritic, ModelSpec, count_parameters, parameter_table
@@ -91,6 +91,7 @@ def validate(cfg: TrainConfig) -> dict | None:
         env_info(cfg.env)
     except ValueError as exc:
         problems.append(str(exc))
+    profile = None
     if cfg.model == "quantum":
         from .backends import resolve
 
@@ -98,16 +99,7 @@ def validate(cfg: TrainConfig) -> dict | None:
             profile = resolve(cfg.backend, shots=cfg.shots, n_qubits=cfg.n_qubits)
         except ValueError as exc:
             problems.append(str(exc))
-        else:
-            from .backends import needs_qpu_cap
-
-            if needs_qpu_cap(profile) and cfg.max_qpu_seconds is None:
-                problems.append(
-                    f"backend {profile.name!r} runs on a real IBM QPU (billed): set "
-                    f"--max-qpu-seconds (see python -m qa3c_qiskit.backends {cfg.backend} --report)"
-                )
-    if cfg.max_qpu_seconds is not None and not cfg.max_qpu_seconds > 0:
-        problems.append(f"--max-qpu-seconds must be > 0, got {cfg.max_qpu_seconds}")
+    problems.extend(qpu_cap_problems(profile, cfg.backend, cfg.max_qpu_seconds))
     ckpt = None
     if cfg.resume:
         ckpt = _resume_problems(cfg, problems)

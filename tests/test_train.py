@@ -65,3 +65,25 @@ def test_bad_input_is_one_line_error(tmp_path):
     err = proc.stderr.strip()
     assert "NoSuchEnv-v0" in err and "--episodes" in err and len(err.splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_config_carries_every_model_and_learning_option():
+    """ModelSpec and A3CSettings are built from the config's fields of the same names: a field
+    renamed on one side would silently fall back to its default, so every one must match."""
+    from dataclasses import fields
+
+    from qa3c_qiskit.a3c import A3CSettings
+    from qa3c_qiskit.config import TrainConfig
+    from qa3c_qiskit.supervise import settings_of
+    from qa3c_qiskit.train import model_spec
+
+    names = {f.name for f in fields(TrainConfig)}
+    assert {f.name for f in fields(A3CSettings)} <= names
+    assert {f.name for f in fields(ModelSpec)} - names == {"obs_dim", "n_actions"}
+    cfg = TrainConfig(
+        env="Acrobot-v1", model="classical", backend="aer_shots", shots=64, n_qubits=4,
+        n_layers=3, entangler="ring", gamma=0.5, update_every=7, entropy_coef=0.01,
+        loss_reduction="sum", on_nonfinite="raise",
+    )  # fmt: skip
+    assert model_spec(cfg) == ModelSpec(6, 3, "classical", 4, 3, "ring", "aer_shots", 64)
+    assert settings_of(cfg) == A3CSettings(0.5, 7, 0.01, "sum", "raise")
