@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from qa3c_qiskit.a3c import A3CSettings, run_learners
+from qa3c_qiskit.a3c import A3CSettings, Hub, run_learners
 from qa3c_qiskit.envs import env_info
 from qa3c_qiskit.models import ActorCritic, ModelSpec
 from qa3c_qiskit.optim import SharedAdam
@@ -33,7 +33,7 @@ from qa3c_qiskit.optim import SharedAdam
 ENVS = ("CartPole-v1", "MiniGrid-SimpleCrossingS9N1-v0")
 
 
-class BenchHub:
+class BenchHub(Hub):
     """In-process hub: never-ending episode budget, stops after ``max_steps`` env steps. The
     clock starts at the first pull (after models and environments are built)."""
 
@@ -47,6 +47,9 @@ class BenchHub:
     def push_pull(self, grad, local_flat) -> None:
         self.adam.step(grad)
         local_flat.copy_(self.adam.params)
+
+    def push_pull_many(self, grads, thetas, slots) -> None:  # as LocalHub, minus the lock
+        self.adam.step_many(grads, thetas, slots)
 
     def pull(self, local_flat) -> None:
         if self.start is None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from qa3c_qiskit import models
-from qa3c_qiskit.a3c import A3CSettings, Segment, _update, run_learners, sample_actions
+from qa3c_qiskit.a3c import A3CSettings, Hub, Segment, _update, run_learners, sample_actions
 from qa3c_qiskit.engine import engine_mode
 from qa3c_qiskit.envs import env_info, make_env
 from qa3c_qiskit.models import ActorCritic, ModelSpec
@@ -40,7 +40,7 @@ from qa3c_qiskit.threads import limit_blas_threads
 ENVS = ("CartPole-v1", "MiniGrid-SimpleCrossingS9N1-v0")
 
 
-class BenchHub:
+class BenchHub(Hub):
     """A minimal in-process hub (the protocol of :mod:`qa3c_qiskit.a3c`) around a real
     SharedAdam; stops the worker after ``max_steps`` env steps. The clock starts at the
     worker's first pull, i.e. after its model and environment are built."""
@@ -59,6 +59,10 @@ class BenchHub:
         self.adam.step(grad)
         local_flat.copy_(self.adam.params)
         self.updates += 1
+
+    def push_pull_many(self, grads: torch.Tensor, thetas: torch.Tensor, slots) -> None:
+        self.adam.step_many(grads, thetas, slots)  # as LocalHub, minus the lock
+        self.updates += len(grads)
 
     def pull(self, local_flat: torch.Tensor) -> None:
         if self.start is None:

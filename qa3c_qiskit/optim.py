@@ -63,6 +63,30 @@ class SharedAdam:
         self.version[LIVE] += 1  # even: live state consistent
         self._save_backup()
 
+    @torch.no_grad()
+    def step_many(self, grads: torch.Tensor, out: torch.Tensor, rows) -> None:
+        """``len(grads)`` Adam steps, one per row of ``grads`` [J, n] in order (exactly
+        :meth:`step` J times), copying the parameters after step ``j`` into ``out[rows[j]]``
+        (learner ``j``'s own pull). One kernel call and one backup for the lot: an interrupted
+        call is rolled back whole, as if its process had died before pushing."""
+        n_steps = len(grads)
+        if n_steps == 0:
+            return
+        b1, b2 = self.betas
+        t0 = int(self.step_count)
+        ts = range(t0 + 1, t0 + n_steps + 1)  # Python ints: the same powers as _apply's
+        lr_t = np.array([self.lr / (1 - b1**t) for t in ts])
+        bias2_sqrt = np.array([(1 - b2**t) ** 0.5 for t in ts])
+        g = np.ascontiguousarray(grads.detach().numpy(), dtype=np.float64)
+        self.version[LIVE] += 1  # odd: live state being written
+        _adam_many_kernel(
+            self.params.numpy(), self.exp_avg.numpy(), self.exp_avg_sq.numpy(), g,
+            out.numpy(), np.asarray(rows, dtype=np.int64), b1, b2, lr_t, bias2_sqrt, self.eps,
+        )  # fmt: skip
+        self.step_count += n_steps
+        self.version[LIVE] += 1  # even: live state consistent
+        self._save_backup()
+
     def _apply(self, grad: torch.Tensor) -> None:
         b1, b2 = self.betas
         self.step_count += 1
@@ -133,3 +157,13 @@ def _adam_kernel(params, exp_avg, exp_avg_sq, grad, b1, b2, lr_t, bias2_sqrt, ep
         exp_avg[i] = m
         exp_avg_sq[i] = v
         params[i] -= lr_t * m / (math.sqrt(v) / bias2_sqrt + eps)
+
+
+@numba.njit(cache=True, nogil=True)
+def _adam_many_kernel(
+    params, exp_avg, exp_avg_sq, grads, out, rows, b1, b2, lr_t, bias2_sqrt, eps
+):  # fmt: skip
+    """:func:`_adam_kernel` for each row ``j`` of ``grads``, then ``out[rows[j]] = params``."""
+    for j in range(grads.shape[0]):
+        _adam_kernel(params, exp_avg, exp_avg_sq, grads[j], b1, b2, lr_t[j], bias2_sqrt[j], eps)
+        out[rows[j], :] = params

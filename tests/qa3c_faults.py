@@ -17,7 +17,8 @@ The faults are read from the ``QA3C_FAULT`` environment variable, a comma-separa
   with ``once=PATH`` only the first such process.
 
 Hub helpers for ``tests/test_hub.py`` (spawned-process targets must be importable):
-:class:`RecordingAdam`, :class:`FaultyAdam`, :func:`push_many`, :func:`hold_lock`.
+:class:`RecordingAdam`, :class:`FaultyAdam`, :func:`push_many`, :func:`push_batches`,
+:func:`hold_lock`.
 """
 
 from __future__ import annotations
@@ -158,6 +159,20 @@ class FaultyAdam(SharedAdam):
             time.sleep(60)
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def step_many(self, grads, out, rows):
+        """As SharedAdam.step_many (one version bracket, one backup), step by step through
+        :meth:`_apply` when the batch holds the step to cut short."""
+        kill_at = self.kill_at or int(_faults().get("killstep", 0))
+        t0 = int(self.step_count)
+        if not t0 < kill_at <= t0 + len(grads):
+            return super().step_many(grads, out, rows)
+        self.version[0] += 1  # odd: live state being written, for the whole batch
+        for g, row in zip(grads, rows):
+            self._apply(g)  # the kill_at-th one SIGKILLs this process halfway
+            out[row] = self.params
+        self.version[0] += 1
+        self._save_backup()
+
 
 def grads_of(rank: int, n: int, dim: int) -> torch.Tensor:
     """The ``n`` gradients process ``rank`` pushes (distinct per rank and index)."""
@@ -177,6 +192,16 @@ def push_many(hub, rank: int, n: int, gate=None) -> None:
             time.sleep(0.001)
     for g in grads_of(rank, n, local.numel()):
         hub.push_pull(g, local)
+
+
+def push_batches(hub, rank: int, n: int, batch: int) -> None:
+    """Spawned target: push the same ``n`` gradients as :func:`push_many`, ``batch`` at a time
+    through ``hub.push_pull_many`` (the learner loop's path)."""
+    grads = grads_of(rank, n, hub.adam.params.numel())
+    thetas = torch.empty(batch, grads.shape[1], dtype=torch.float64)
+    for lo in range(0, n, batch):
+        chunk = grads[lo : lo + batch]
+        hub.push_pull_many(chunk, thetas, range(len(chunk)))
 
 
 def hold_lock(hub, inside, record_owner: bool) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from qa3c_qiskit.a3c import Hub
 from qa3c_qiskit.optim import SharedAdam
 
 
-class SerialHub:
+class SerialHub(Hub):
     """The hub protocol in one process (what a LocalHub does, minus the processes), recording
     every episode record and every push: (the pushing learner's theta' storage address, theta'
     before, the gradient, the global params after)."""

@@ -63,6 +63,31 @@ def test_shared_adam_equals_torch_adam():
     assert int(shared.step_count) == 20
 
 
+def test_shared_adam_step_many_is_step_after_step():
+    """J steps in one call: bit-identical parameters, moments and step count to J calls of
+    step(), and row j of the output holds the parameters right after step j."""
+    torch.manual_seed(3)
+    p0 = torch.randn(9, dtype=torch.float64)
+    one, many = SharedAdam(p0.clone(), lr=1e-2), SharedAdam(p0.clone(), lr=1e-2)
+    grads = torch.randn(4, 5, 9, dtype=torch.float64)
+    for batch in grads:  # 4 batches of 5 steps: bias corrections continue across calls
+        after = []
+        for g in batch:
+            one.step(g)
+            after.append(one.params.clone())
+        out = torch.zeros(7, 9, dtype=torch.float64)
+        rows = [6, 0, 3, 2, 5]
+        many.step_many(batch, out, rows)
+        for j, row in enumerate(rows):
+            assert torch.equal(out[row], after[j])
+        assert torch.equal(out[1], torch.zeros(9))  # rows not named stay untouched
+    for a, b in zip(one.state_dict().values(), many.state_dict().values()):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    assert torch.equal(one.params, many.params) and int(many.step_count) == 20
+    assert not many.in_progress()
+    assert all(torch.equal(x, y) for x, y in zip(many._backup_tensors, many._live()))
+
+
 class RecordingHub(LocalHub):
     """A real LocalHub that also keeps a copy of every gradient it applies."""
 
@@ -71,6 +96,10 @@ class RecordingHub(LocalHub):
     def push_pull(self, grad, local_flat):
         self.applied.append(grad.clone())
         super().push_pull(grad, local_flat)
+
+    def push_pull_many(self, grads, thetas, slots):
+        self.applied.extend(g.clone() for g in grads)
+        super().push_pull_many(grads, thetas, slots)
 
 
 def test_gradient_handoff_applies_exactly_this_updates_gradient():

@@ -163,6 +163,33 @@ def test_worker_killed_inside_the_adam_step_is_rolled_back():
     assert torch.equal(local, ref.params) and int(adam.step_count) == k
 
 
+def test_worker_killed_inside_a_batch_of_adam_steps_rolls_the_whole_batch_back():
+    """The learner loop pushes the segments that closed together as one batch
+    (``push_pull_many``: one lock, one version bracket, one backup). Killed at the 2nd step of
+    the 2nd batch of 4, the optimizer goes back to the end of the 1st batch: step 4, exactly.
+    Shown able to fail: with ``SharedAdam.recover`` doing nothing, step 6's half-written state
+    stays."""
+    adam = qa3c_faults.FaultyAdam(torch.zeros(DIM, dtype=torch.float64), kill_at=6, lr=LR)
+    adam.inside = CTX.RawValue("i", 0)
+    hub = _hub(adam)
+    proc = _start(qa3c_faults.push_batches, hub, 0, 8, 4)
+    _wait_inside(adam.inside, [proc])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    assert adam.in_progress() and int(adam.step_count) == 6
+    with hub.locked(timeout=5):
+        pass
+    assert "rolled back to step 4" in hub.recovered[0]
+    ref = _replay(qa3c_faults.grads_of(0, 4, DIM))
+    assert int(adam.step_count) == 4
+    for got, want in [
+        (adam.params, ref.params),
+        (adam.exp_avg, ref.exp_avg),
+        (adam.exp_avg_sq, ref.exp_avg_sq),
+    ]:
+        assert torch.equal(got, want)
+
+
 def test_interrupted_backup_is_redone_from_the_live_state():
     adam = SharedAdam(torch.zeros(DIM, dtype=torch.float64), lr=LR)
     for g in qa3c_faults.grads_of(0, 3, DIM):

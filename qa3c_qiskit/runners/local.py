@@ -37,7 +37,7 @@ from multiprocessing.connection import wait
 import torch
 import torch.multiprocessing as mp
 
-from ..a3c import NonFiniteError, run_learners
+from ..a3c import Hub, NonFiniteError, run_learners
 from ..checkpoint import RunState
 from ..optim import SharedAdam
 from .base import Episode, Event, Runner, RunPlan, Slot
@@ -113,7 +113,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-class LocalHub:
+class LocalHub(Hub):
     """The processes' view of the global model (picklable; shared tensors and mp primitives).
 
     The counters are raw shared memory guarded by ``lock`` (a :class:`HubLock`; not
@@ -201,6 +201,10 @@ class LocalHub:
             self.adam.step(grad)
             local_flat.copy_(self.adam.params)
 
+    def push_pull_many(self, grads: torch.Tensor, thetas: torch.Tensor, slots) -> None:
+        with self.locked():  # one acquisition: the steps K processes would take back to back
+            self.adam.step_many(grads, thetas, slots)
+
     def pull(self, local_flat: torch.Tensor) -> None:
         with self.locked():
             local_flat.copy_(self.adam.params)
@@ -224,7 +228,7 @@ class LocalHub:
             self.counters[NONFINITE] += 1
 
 
-def _worker_main(rank, learners, env_id, spec, settings, hub):
+def _worker_main(rank, learners, env_id, spec, settings, hub, broker_conn=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _launch
@@ -234,6 +238,8 @@ def _worker_main(rank, learners, env_id, spec, settings, hub):
         if resolve(spec.backend, spec.shots, spec.n_qubits).kind == "ibm_runtime":
             # SIGTERM: cancel in-flight jobs and close the Session/Batch before exiting
             execution.install_stop_handler([signal.SIGTERM])
+            # a backend shared with other workers: submit through the supervisor's session
+            execution.set_broker(broker_conn)
     hub.conn.send(("ready", None))  # imports done: from now on it polls the stop flag
     try:
         run_learners(rank, learners, env_id, spec, settings, hub)
@@ -273,10 +279,17 @@ class LocalRunner(Runner):
             plan.workers,
         )
         self.procs: dict[int, _Process] = {}
+        #: the supervisor's Session/Batch of each IBM backend several workers share (else None)
+        self.broker = None
+        if plan.spec.model == "quantum" and plan.spec.backend != "statevector":
+            from ..backends.broker import broker_for
+
+            self.broker = broker_for(plan.spec, plan.workers)
 
     def _launch(self, slot: Slot, learners: list[tuple[int, int]]) -> int:
         recv, send = self.ctx.Pipe(duplex=False)
         plan = self.plan
+        broker_conn = self.broker.connect(slot.rank) if self.broker is not None else None
         proc = self.ctx.Process(
             target=_worker_main,
             args=(
@@ -286,6 +299,7 @@ class LocalRunner(Runner):
                 plan.spec,
                 plan.settings,
                 self.hub.for_worker(slot.rank, send),
+                broker_conn,
             ),
             name=f"qa3c-worker-{slot.rank}",
             daemon=True,
@@ -299,6 +313,8 @@ class LocalRunner(Runner):
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         send.close()  # only the worker holds the write end: EOF once it is gone
+        if broker_conn is not None:
+            broker_conn.close()  # likewise: the broker sees EOF once the worker is gone
         with self.hub.locked(SUPERVISOR_LOCK_TIMEOUT):
             self.hub.claims[slot.rank] = 0  # (already 0: reset when its predecessor ended)
         self.procs[slot.rank] = _Process(proc, recv)
@@ -419,3 +435,5 @@ class LocalRunner(Runner):
         # no process will open the lock file again; this process keeps its open descriptor,
         # so a later sync() still locks
         self.hub.lock.remove()
+        if self.broker is not None:  # the workers are gone: cancel what runs, close sessions
+            self.broker.close()

@@ -29,7 +29,7 @@ import signal
 import numpy as np
 import torch
 
-from ..a3c import run_learners
+from ..a3c import Hub, run_learners
 from ..optim import SharedAdam
 
 __all__ = [
@@ -102,6 +102,12 @@ class ParameterServer:
         self.adam.step(torch.tensor(grad))
         return self.adam.params.numpy(), self.stopped, self.env_steps
 
+    def push_pull_many(self, grads: np.ndarray) -> tuple[np.ndarray, bool, int]:
+        """One Adam step per row of ``grads``, in order; the parameters after each [J, n]."""
+        out = torch.empty(grads.shape, dtype=self.adam.params.dtype)
+        self.adam.step_many(torch.from_numpy(grads), out, range(len(grads)))
+        return out.numpy(), self.stopped, self.env_steps
+
     def pull(self) -> tuple[np.ndarray, bool, int]:
         return self.adam.params.numpy(), self.stopped, self.env_steps
 
@@ -146,7 +152,7 @@ class ParameterServer:
         }
 
 
-class RayHub:
+class RayHub(Hub):
     """A worker's view of the parameter server (the hub protocol of :mod:`qa3c_qiskit.a3c`)."""
 
     def __init__(self, ps, token):
@@ -162,6 +168,11 @@ class RayHub:
         ref = self.ps.push_pull.remote(grad.numpy())  # serialised here: grad may be reused
         params, self.stopped, self.steps = ray.get(ref)
         local_flat.numpy()[:] = params
+
+    def push_pull_many(self, grads: torch.Tensor, thetas: torch.Tensor, slots) -> None:
+        ref = self.ps.push_pull_many.remote(grads.numpy())  # one round trip for all of them
+        params, self.stopped, self.steps = ray.get(ref)
+        thetas.numpy()[list(slots)] = params
 
     def pull(self, local_flat: torch.Tensor) -> None:
         params, self.stopped, self.steps = ray.get(self.ps.pull.remote())
