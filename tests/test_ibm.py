@@ -243,3 +243,187 @@ def test_supervisor_stops_the_run_at_the_qpu_cap_and_counts_restarted_workers():
     assert any("--max-qpu-seconds" in e for e in events)
     sup._meter_qpu({"worker": 1, "qpu_s": 70.0})
     assert stops == [1]  # asked once
+
+
+# -- workers that share a QPU share the supervisor's one Session/Batch ------------------------
+def test_shared_ranks_only_for_runtime_session_or_batch(tmp_path):
+    from qa3c_qiskit.backends import broker
+
+    two = (
+        'kind = "ibm_runtime"\nshots = 64\n[runtime]\n'
+        'fake_backends = ["FakeManilaV2", "FakeLimaV2"]\nresilience_level = 0\n'
+    )
+    p = backends.resolve(profile(tmp_path, two))
+    assert broker.shared_ranks(p, 2) == {}  # one backend per worker: in-process sessions
+    assert broker.shared_ranks(p, 5) == {"FakeManilaV2": [0, 2, 4], "FakeLimaV2": [1, 3]}
+    p1 = backends.resolve(profile(tmp_path, LOCAL + 'mode = "batch"\n', "b"))
+    assert broker.shared_ranks(p1, 1) == {} and broker.shared_ranks(p1, 2) == {
+        "FakeManilaV2": [0, 1]
+    }
+    job = backends.resolve(profile(tmp_path, LOCAL + 'mode = "job"\n', "j"))
+    assert broker.shared_ranks(job, 4) == {}  # jobs mode: nothing to share
+    for name in ("statevector", "aer_shots", "density_noisy"):  # no proxy, no Runtime import
+        assert broker.broker_for(ModelSpec(4, 2, backend=name), 4) is None
+
+
+def _layer_outputs(spec, conn, rank=1):
+    """One layer's values and gradients with the worker seed fixed, through the supervisor's
+    session (``conn``) or an in-process one (None)."""
+    execution.ExecutionBuilder._count = 0
+    torch.manual_seed(3)
+    execution.set_broker(conn)
+    execution.set_worker_rank(rank)
+    execution.reset_qpu_usage()
+    lay = quantum_layer_factory(spec)()
+    try:
+        x = torch.linspace(-1, 1, 6, dtype=torch.float64).reshape(3, 2).requires_grad_()
+        w = (0.1 * torch.arange(18, dtype=torch.float64).reshape(3, 6)).requires_grad_()
+        y = lay.functional(x, w, n_grad=2)
+        y.sum().backward()
+        return y.detach(), x.grad, w.grad, execution.qpu_usage()
+    finally:
+        lay.close()
+        execution.set_broker(None)
+        execution._RANK[0] = None
+
+
+def test_shared_session_gives_the_in_process_numbers_exactly(tmp_path, monkeypatch):
+    """A worker submitting through the supervisor's session gets the same values and gradients
+    as with its own session (same simulator seeds: bit-identical), and meters the same usage;
+    one session is opened for the shared backend and closed by the broker."""
+    import json
+
+    from qa3c_qiskit.backends import broker
+
+    log = tmp_path / "sessions.jsonl"
+    monkeypatch.setenv("QA3C_SESSION_LOG", str(log))
+    spec = ModelSpec(4, 2, backend=profile(tmp_path, LOCAL), n_qubits=2, n_layers=1)
+    b = broker.broker_for(spec, 2)
+    assert b.shared == {"FakeManilaV2": [0, 1]} and b.connect(5) is None
+    try:
+        shared = _layer_outputs(spec, b.connect(1))
+    finally:
+        stats = b.close()
+    own = _layer_outputs(spec, None)
+    for a, c in zip(shared[:3], own[:3]):
+        assert torch.equal(a, c)
+    assert shared[3] == own[3] and shared[3]["jobs"] == 1 and shared[3]["circuits"] == 2 * 21 + 1
+    assert stats == {"opened": 1, "closed": 1, "cancelled": 0} and b.calls == {1: 1}
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    mine = [e for e in events if e.get("shared")]
+    assert [e["event"] for e in mine] == ["open", "close"] and mine[1]["calls"] == {"1": 1}
+    assert b.close() is stats  # idempotent
+
+
+def test_broker_close_cancels_in_flight_jobs_and_closes_the_session(tmp_path, monkeypatch):
+    import threading
+
+    from qa3c_qiskit.backends import broker, remote
+
+    class Job:
+        def __init__(self):
+            self.cancelled = threading.Event()
+
+        def done(self):
+            return self.cancelled.is_set()
+
+        def cancel(self):
+            self.cancelled.set()
+
+    jobs, closed = [], []
+
+    class Estimator:
+        options = None
+
+        def run(self, pubs, precision=None):
+            jobs.append(Job())
+            return jobs[-1]
+
+    spec = ModelSpec(4, 2, backend=profile(tmp_path, LOCAL), n_qubits=2, n_layers=1)
+    b = broker.broker_for(spec, 2)
+    monkeypatch.setattr(execution, "_runtime_estimator", lambda mode, opts: Estimator())
+    client = remote.BrokerClient(b.connect(0))
+    est = remote.RemoteEstimator(client, "FakeManilaV2", None)
+    ((mode, _),) = b._sessions.values()
+    monkeypatch.setattr(mode, "close", lambda: closed.append(1))
+    lay = layer(spec.backend)
+    circuit = lay.built.execution.circuit
+    job = est.run([(circuit, lay.built.execution.observables[0], [0.0] * circuit.num_parameters)])
+    for _ in range(200):  # the broker thread submits it
+        if jobs:
+            break
+        threading.Event().wait(0.01)
+    assert b.close() == {"opened": 1, "closed": 1, "cancelled": 1}
+    assert jobs[0].cancelled.is_set() and closed == [1]
+    with pytest.raises(remote.BrokerError, match="cancelled"):
+        job.result()
+    lay.close()
+    # a worker's own cancel (SIGTERM in the worker: close_all) reaches the broker too
+    b2 = broker.broker_for(spec, 2)
+    client2 = remote.BrokerClient(b2.connect(1))
+    est2 = remote.RemoteEstimator(client2, "FakeManilaV2", None)
+    job2 = est2.run([(circuit, lay.built.execution.observables[0], [0.0] * circuit.num_parameters)])
+    job2.cancel()
+    with pytest.raises(remote.BrokerError, match="cancelled"):
+        job2.result()
+    assert b2.close()["cancelled"] == 1
+    lay.close()
+
+
+def _train_cli(tmp_path, *args, env=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    env = dict(os.environ, **(env or {}))
+    env["PYTHONPATH"] = os.pathsep.join([str(tests), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "qa3c_qiskit.train", "--quiet", "--out", str(tmp_path)]
+    cmd += ["--model", "quantum", "--n-qubits", "2", "--n-layers", "1"]
+    cmd += ["--env", "qa3c_faults:Truncating-v0", *map(str, args)]  # 7-step episodes
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("stop", [None, "SIGTERM", "cap"])
+def test_two_workers_on_one_backend_share_one_session_end_to_end(tmp_path, stop):
+    """``train --workers 2`` on one local-mode backend: the supervisor opens exactly one session,
+    both workers' calls go through it, and it is closed at the end, on SIGTERM and at the QPU
+    cap (its usage metered in summary.json)."""
+    import json
+    import signal
+    import time
+
+    log = tmp_path / "sessions.jsonl"
+    path = profile(tmp_path, LOCAL)
+    extra = {"SIGTERM": ["--episodes", "1000"], "cap": ["--episodes", "1000"]}.get(
+        stop, ["--episodes", "4"]
+    )
+    if stop == "cap":
+        extra += ["--max-qpu-seconds", "2"]
+    proc = _train_cli(
+        tmp_path, "--backend", path, "--workers", "2", "--run-name", "r", *extra,
+        env={"QA3C_SESSION_LOG": str(log)},
+    )  # fmt: skip
+    metrics = tmp_path / "r" / "metrics.csv"
+    if stop == "SIGTERM":
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            rows = metrics.read_text().splitlines()[1:] if metrics.exists() else []
+            if len({r.split(",")[1] for r in rows}) == 2:  # an episode of each worker
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == (0 if stop != "SIGTERM" else 128 + signal.SIGTERM) or (
+        stop == "SIGTERM" and proc.returncode != 0
+    ), err[-3000:]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["open", "close"], events
+    assert {e["pid"] for e in events} == {proc.pid} and all(e["shared"] for e in events)
+    calls = events[1]["calls"]
+    assert set(calls) == {"0", "1"} and min(calls.values()) > 0, calls
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["qpu_seconds_used"] > 0
+    if stop == "cap":
+        assert summary["qpu_seconds_used"] >= 2 and summary["episodes"] < 1000

@@ -7,41 +7,28 @@ observables, precision), built inside the worker process that runs the layer.
 * ``torch_density``: the same device noise on the in-package density-matrix engine
   (:mod:`qa3c_qiskit.backends.density`);
 * ``aer_device``: the fake device's noise model *and* coupling map (transpiled and routed);
-* ``ibm_runtime``: per worker process one IBM Runtime ``Session`` (or ``Batch``, or none in
-  ``job`` mode) on the backend ``[runtime] backends[rank % n]`` (:func:`set_worker_rank`),
+* ``ibm_runtime``: one IBM Runtime ``Session`` (or ``Batch``, or none in ``job`` mode) on the
+  backend ``[runtime] backends[rank % n]`` (:func:`set_worker_rank`) of a worker process,
   shared by its actor and critic layers, closed when the last layer using it is closed, by
-  :func:`close_all` (SIGTERM handlers) or at exit. :func:`qpu_usage` meters the process's use.
+  :func:`close_all` (SIGTERM handlers) or at exit; where several workers are bound to one
+  backend, the supervisor's (below). :func:`qpu_usage` meters the process's use.
 
 Set ``$QA3C_SESSION_LOG`` to a file to get a JSON line per session opened or closed.
 
-**Workers that share a backend do not share its session** (each process opens its own Session
-or Batch). Why, as of qiskit-ibm-runtime 0.51:
-
-* attaching is possible only online: ``Session.from_id(session_id, service)`` (and
-  ``Batch.from_id``) needs a ``QiskitRuntimeService`` and makes a ``session_details`` request
-  and ``service.backend(name)`` before returning; the offline alternative,
-  ``Session(backend, create_new=False)`` with ``_session_id`` set by hand, uses a private
-  attribute;
-* local testing mode has no sessions to share: ``Session(fake_backend)`` runs on
-  ``QiskitRuntimeLocalService``, its ``session_id`` stays None and ``close``/``cancel`` are
-  no-ops, so nothing past the id hand-over could be tested offline;
-* ``close()`` ends the session for every process attached to it, so only an owner that
-  outlives all workers may open and close it: the supervisor (before it starts workers, ids
-  passed through the runner's plan, also to Ray workers on other hosts), not worker 0 (a
-  restart of worker 0 would close, or orphan, the session the other workers submit to). That
-  change belongs to the supervisor and the runners.
-
-So where workers share a QPU choose ``mode = "batch"`` (or ``"job"``), or list one backend per
-worker (``backends = [...]``). What each mode costs (``Session.usage`` in
-qiskit_ibm_runtime/session.py):
+**Workers that share a backend share its one Session or Batch**, owned by the supervisor
+(:mod:`~qa3c_qiskit.backends.broker`): such a worker gets a pipe to it (:func:`set_broker`) and
+its layers submit through a :class:`~qa3c_qiskit.backends.remote.RemoteEstimator` instead of
+opening a session; everything else (transpiling, seeds, metering) stays in the worker. What
+each mode costs (``Session.usage`` in qiskit_ibm_runtime/session.py):
 
 * ``session``: dedicated access while it is active, the iterative calls of an update loop run
   without re-queueing; billed for the session's wall time from its first job until it is closed
   or goes idle (idle gaps between jobs count); not available on every plan (not the Open plan).
-  Choose it for one worker per backend on a plan that has sessions. Two sessions on one QPU run
-  one after the other, not side by side.
+  Choose it for training on a plan that has sessions; the workers bound to one QPU share it
+  (their calls interleave, fewer idle gaps than one worker alone).
 * ``batch``: the jobs are scheduled together, no exclusive access; billed for the QPU time of
-  its jobs only; every plan. Choose it when several workers share a QPU.
+  its jobs only; every plan (shared like a session). Choose it without sessions on the plan,
+  or where the gaps between calls (CPU time of the workers) are long.
 * ``job``: every primitive call is its own job in the fair-share queue; billed for QPU time
   only; the queue wait between calls can exceed the run time of the call. Choose it for
   ``evaluate`` and short checks, or where nothing else is allowed.
@@ -64,6 +51,7 @@ from qiskit.primitives import BaseEstimatorV2
 from . import noise
 from .estimators import AerShotEstimator
 from .registry import SESSION_LOG_ENV, Profile, backend_for_rank, is_local
+from .remote import BrokerClient, RemoteEstimator
 
 
 @dataclass
@@ -201,6 +189,14 @@ _IN_FLIGHT: set = set()
 _USAGE = {"measured_s": 0.0, "estimated_s": 0.0, "jobs": 0, "circuits": 0, "shots": 0}
 RANK_ENV = "QA3C_WORKER_RANK"
 _RANK: list[int | None] = [None]
+#: this worker's pipe to the supervisor's shared session (None: open sessions in-process)
+_BROKER: list[BrokerClient | None] = [None]
+
+
+def set_broker(conn) -> None:
+    """In a worker whose backend other workers share: submit through the supervisor's session
+    over ``conn`` (:meth:`~qa3c_qiskit.backends.broker.SessionBroker.connect`); None: in-process."""
+    _BROKER[0] = BrokerClient(conn) if conn is not None else None
 
 
 def set_worker_rank(rank: int) -> None:
@@ -359,29 +355,34 @@ def reset_qpu_usage() -> None:
 def runtime_execution(p: Profile, vqc, seed: int) -> Execution:
     from . import timing
 
-    backend = None
+    backend, client = None, _BROKER[0]
     try:
         backend = runtime_backend(p, n_qubits=vqc.n_qubits)
-        key = (p.name, backend.name)
-        entry = _SESSIONS.get(key)
-        if entry is None:
-            entry = _SESSIONS[key] = [_open_mode(p, backend), backend, 0]
-            _journal("open", p, entry[0], backend)
-        mode_obj, backend, _ = entry
-        entry[2] += 1
+        if client is None:  # this process opens (or reuses) the backend's session
+            key = (p.name, backend.name)
+            entry = _SESSIONS.get(key)
+            if entry is None:
+                entry = _SESSIONS[key] = [_open_mode(p, backend), backend, 0]
+                _journal("open", p, entry[0], backend)
+            mode_obj, backend, _ = entry
+            entry[2] += 1
         circuit = device_circuit(p, backend, vqc.circuit)
         observables = [o.apply_layout(circuit.layout) for o in vqc.observables]
-        inner = _runtime_estimator(
-            mode_obj if mode_obj is not None else backend, runtime_options(p)
-        )
+        if client is None:
+            inner = _runtime_estimator(mode_obj or backend, runtime_options(p))
+            close = lambda: _release(p, backend.name)  # noqa: E731
+        else:  # the supervisor's shared session; options built here, the same as there
+            options = _runtime_estimator(backend, runtime_options(p)).options
+            inner = RemoteEstimator(client, backend_for_rank(p, worker_rank()), options)
+            close = inner.close
         precision = float(p.runtime["precision"]) if p.runtime.get("precision") else _precision(p)
         shots = timing.shots_for(p.shots, precision)
         est = RuntimeEstimator(inner, backend, circuit, shots, seed, is_local(p))
     except BaseException:
-        if backend is not None:
+        if backend is not None and client is None:
             _release(p, backend.name)  # a failed build (e.g. transpiling) leaves nothing open
         raise
-    return Execution(est, circuit, observables, precision, lambda: _release(p, backend.name))
+    return Execution(est, circuit, observables, precision, close)
 
 
 def _release(p: Profile, backend_name: str) -> None:
@@ -456,7 +457,7 @@ def _close_all_sessions() -> None:
     close_all(cancel=True)
 
 
-def _journal(event: str, p: Profile, session, backend=None) -> None:
+def _journal(event: str, p: Profile, session, backend=None, **extra) -> None:
     """Append a session event to ``$QA3C_SESSION_LOG`` (JSON lines), if set."""
     path = os.environ.get(SESSION_LOG_ENV)
     if not path:
@@ -472,6 +473,7 @@ def _journal(event: str, p: Profile, session, backend=None) -> None:
         "active": bool(getattr(session, "_active", True))
         if session is not None
         else event == "open",
+        **extra,
     }
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
