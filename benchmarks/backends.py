@@ -14,10 +14,15 @@ logical qubits) and with the compact model (only the gates the circuit uses); th
 
 Rows: each built-in backend through the registry, plus ``qiskit-ml default`` =
 ``TorchConnector(EstimatorQNN)`` with qiskit-machine-learning's default
-``ParamShiftEstimatorGradient`` on exact Aer (the path this package replaces). The model is the
-paper's CartPole actor-critic (8 qubits, 2 layers); an update is one 5-step segment: critic on
-6 states, actor on 5, backward through both. Calls / PUBs / circuits are summed over actor and
-critic (circuits = parameter sets executed).
+``ParamShiftEstimatorGradient`` on exact Aer (the path this package replaces; it has no
+per-sample weights, so its update is the single-learner ``a3c_loss`` + ``local_gradient``).
+The model is the paper's CartPole actor-critic (8 qubits, 2 layers); an update is the
+training loop's own update path, :func:`qa3c_qiskit.a3c.segment_gradients` on one closed 5-step segment: the actor
+on its 5 states and the critic on 5 + the bootstrap state (forward-only: its value is detached),
+gradients of both, one primitive call on the Qiskit backends (parameter shift: 10 x (1 + 2G) + 1
+= 1,291 circuits, G = 64; SPSA: 10 x 3 + 1 = 31). Calls / PUBs / circuits are what the counting
+wrapper around the estimator saw in the last update, summed over actor and critic (circuits =
+parameter sets executed).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from qa3c_qiskit.a3c import A3CSettings, a3c_loss, local_gradient
+from qa3c_qiskit.a3c import A3CSettings, Segment, a3c_loss, local_gradient, segment_gradients
 from qa3c_qiskit.backends import QiskitLayer, StatevectorLayer, noise, quantum_layer_factory
 from qa3c_qiskit.backends.estimators import CountingEstimator
 from qa3c_qiskit.backends.gradient import BuiltQNN
@@ -88,7 +93,10 @@ def counters(model) -> list:
     return [c.counter for c in cores if isinstance(c, QiskitLayer)]
 
 
-def bench_model(model, actions: int, updates: int) -> dict:
+def bench_model(model, actions: int, updates: int, single_learner: bool = False) -> dict:
+    """ms per action, s per update (median) and the counters of the last update.
+    ``single_learner``: the update as ``a3c_loss`` + ``local_gradient`` (shared weights; for the
+    qiskit-ml baseline, which has no per-sample-weight path)."""
     obs = torch.randn(6, 4, dtype=torch.float64)
     model.act(obs[0])  # build the backend, warm caches
     t0 = time.perf_counter()
@@ -99,21 +107,33 @@ def bench_model(model, actions: int, updates: int) -> dict:
     if updates == 0:
         return row
     settings = A3CSettings()
-    acts = torch.tensor([0, 1, 1, 0, 1])
+    segment = Segment(
+        obs=list(obs[:5]),
+        actions=[0, 1, 1, 0, 1],
+        rewards=[1.0] * 5,
+        next_obs=obs[5],
+        terminated=False,
+    )
+    thetas = model.flat.detach()[None].clone()  # one learner's parameters [1, n_params]
     times = []
     for _ in range(updates):
         for c in counters(model):
             c.reset()
         t0 = time.perf_counter()
-        loss = a3c_loss(model, obs[:5], acts, [1.0] * 5, obs[5], False, settings)
-        local_gradient(model, loss)
+        if single_learner:
+            loss = a3c_loss(model, obs[:5], torch.tensor(segment.actions), segment.rewards,
+                            obs[5], False, settings)  # fmt: skip
+            grads = local_gradient(model, loss)
+        else:
+            grads, _ = segment_gradients(model, thetas, [segment], settings)
         times.append(time.perf_counter() - t0)
+    assert torch.isfinite(grads).all()
     cs = counters(model)
     row.update(
         update_s=float(np.median(times)),
         calls=sum(c.calls for c in cs) if cs else None,
         pubs=sum(c.pubs for c in cs) if cs else None,
-        circuits=sum(c.circuits for c in cs) if cs else None,
+        **{"circuits/update": sum(c.circuits for c in cs) if cs else None},
     )
     return row
 
@@ -137,7 +157,9 @@ def main(argv=None) -> None:
     parser.add_argument("--actions", type=int, default=30, help="timed actions per backend")
     parser.add_argument("--updates", type=int, default=3, help="timed updates per backend")
     parser.add_argument("--no-baseline", action="store_true", help="skip the qiskit-ml default row")
-    parser.add_argument("--no-device", action="store_true", help="skip aer_device (slow)")
+    parser.add_argument(
+        "--no-device", action="store_true", help="skip aer_device and ibm_runtime_local (slow)"
+    )
     parser.add_argument("--only", default="", help="comma-separated backends to run (default all)")
     parser.add_argument(
         "--noisy-before",
@@ -155,7 +177,8 @@ def main(argv=None) -> None:
         ("density_noisy", max(3, args.actions // 5), 1),
     ]
     if not args.no_device:
-        plan.append(("aer_device", 3, 0))  # an update is ~1400 routed noisy circuits: skipped
+        plan.append(("aer_device", 3, 0))  # an update is 1,291 routed noisy circuits: skipped
+        plan.append(("ibm_runtime_local", 3, 0))  # ~1 s per circuit: an update ~20 min
     variants = {}  # row label -> (backend name or profile path, context)
     if args.noisy_before:
         # density_noisy's noise on Aer's density matrix instead of the in-package engine
@@ -188,7 +211,8 @@ def main(argv=None) -> None:
     if not args.no_baseline and not args.only:
         torch.manual_seed(0)
         model = ActorCritic(ModelSpec(4, 2), core_factory=DefaultGradientLayer)
-        row = {"backend": "qiskit-ml default (exact Aer)", **bench_model(model, 5, 1)}
+        label = "qiskit-ml default (exact Aer, a3c_loss)"
+        row = {"backend": label, **bench_model(model, 5, 1, single_learner=True)}
         rows.append(row)
         print_row(row, header=False)
 
@@ -199,7 +223,7 @@ COLS = [
     ("update_s", "{:.3f}", 9),
     ("calls", "{}", 6),
     ("pubs", "{}", 6),
-    ("circuits", "{}", 9),
+    ("circuits/update", "{:,}", 15),
     ("mae_128", "{:.4f}", 8),
     ("mae_1024", "{:.4f}", 9),
     ("mae_8192", "{:.4f}", 9),

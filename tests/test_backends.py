@@ -254,7 +254,8 @@ def test_aer_noisy_is_a_deprecated_alias_of_density_noisy(capsys, monkeypatch):
 
 
 def test_ibm_runtime_two_workers_own_sessions_closed(tmp_path, monkeypatch):
-    """Local testing mode: 2 workers, each its own Session, all closed when training ends."""
+    """Local testing mode: 2 workers on 2 backends, each its own Session (opened in the worker),
+    all closed when training ends (workers sharing a backend: tests/test_ibm.py)."""
     from qa3c_qiskit.config import TrainConfig
     from qa3c_qiskit.train import train
 
@@ -264,7 +265,7 @@ def test_ibm_runtime_two_workers_own_sessions_closed(tmp_path, monkeypatch):
         tmp_path,
         "rt_fake",
         'kind = "ibm_runtime"\nshots = 64\noptimization_level = 1\nseed = 3\n'
-        '[runtime]\nfake_backend = "FakeManilaV2"\n',
+        '[runtime]\nfake_backends = ["FakeManilaV2", "FakeLimaV2"]\n',
     )
     cfg = TrainConfig(
         backend=str(path),
@@ -284,7 +285,8 @@ def test_ibm_runtime_two_workers_own_sessions_closed(tmp_path, monkeypatch):
     assert len({r["object"] for r in opened}) == 2
     assert {r["object"] for r in closed} == {r["object"] for r in opened}
     assert all(not r["active"] for r in closed) and all(r["active"] for r in opened)
-    assert all(r["backend"] == "fake_manila" for r in opened)
+    assert sorted(r["backend"] for r in opened) == ["fake_lima", "fake_manila"]
+    assert not any(r.get("shared") for r in rows)  # no supervisor session
     assert (run_dir / "model.pt").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["episodes"] == 2 and math.isfinite(summary["final_avg100"])

@@ -385,11 +385,12 @@ def _train_cli(tmp_path, *args, env=None):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("stop", [None, "SIGTERM", "cap"])
+@pytest.mark.parametrize("stop", [None, "SIGTERM", pytest.param("cap", marks=pytest.mark.slow)])
 def test_two_workers_on_one_backend_share_one_session_end_to_end(tmp_path, stop):
     """``train --workers 2`` on one local-mode backend: the supervisor opens exactly one session,
     both workers' calls go through it, and it is closed at the end, on SIGTERM and at the QPU
-    cap (its usage metered in summary.json)."""
+    cap (its usage metered in summary.json; slow: the cap stops it like SIGTERM, through
+    ``runner.stop()``)."""
     import json
     import signal
     import time

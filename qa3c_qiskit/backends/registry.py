@@ -13,7 +13,7 @@ A user adds a backend by adding a file. Fields (all optional except ``kind``):
   :mod:`qa3c_qiskit.backends.density`: the same logical-qubit device noise as ``aer`` with
   ``noise_source``, exact or sampled, fast parameter shift; no Aer simulation),
   ``aer_device`` (the fake device's noise model *and* coupling map: transpiled and routed,
-  observables follow the layout), ``ibm_runtime`` (one IBM Runtime ``Session`` per worker);
+  observables follow the layout), ``ibm_runtime`` (one IBM Runtime ``Session`` per backend);
 * ``description``, ``shots`` (int > 0), ``seed`` (simulator/transpiler seed, int),
   ``noise_source`` (a ``qiskit_ibm_runtime.fake_provider`` backend, e.g. ``FakeGuadalupeV2``),
   ``method`` (Aer simulation method, Aer kinds only), ``optimization_level`` (0-3);
