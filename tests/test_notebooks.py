@@ -121,6 +121,8 @@ def test_02_compare_backends(tmp_path, monkeypatch):
         "ACTIONS": "2",
         "EVAL_EPISODES": "1",
         "EVAL_STEPS": "3",
+        "SLOW_SAMPLES": "1",
+        "SLOW_ACTIONS": "1",
         "OUT": str(tmp_path),
     }.items():
         monkeypatch.setenv(f"QA3C_NB_{key}", value)
@@ -128,14 +130,26 @@ def test_02_compare_backends(tmp_path, monkeypatch):
     text = outputs_text(nb)
     err = {
         m.group(1).strip(): float(m.group(2))
-        for m in re.finditer(r"^(.+?)\s+mean \|error\| of <Z_i> = (\S+)$", text, re.M)
+        for m in re.finditer(
+            r"^(.+?)\s+mean \|error\| of <Z_i> = (\S+)(?: \(\d+ state\(s\)\))?$", text, re.M
+        )
     }
     # Every backend of the registry that this notebook compares is available here.
-    assert set(err) == {"aer_statevector", "aer_shots (64)", "aer_shots (4096)", "density_noisy"}
+    assert set(err) == {
+        "aer_statevector",
+        "aer_shots (64)",
+        "aer_shots (4096)",
+        "density_noisy",
+        "aer_device",
+        "ibm_runtime_local",
+    }
     assert err["aer_statevector"] < 1e-6  # exact Aer agrees with the torch engine
     assert err["aer_shots (4096)"] < err["aer_shots (64)"]  # shot noise falls with shots
     assert err["density_noisy"] > 1e-3  # device noise is visible
-    assert text.count("ms / action") == 5 and has_image(nb)
+    assert err["aer_device"] > 1e-3 and err["ibm_runtime_local"] > 1e-3
+    assert text.count("ms / action") == 7 and has_image(nb)
+    assert "QPU time" in text and "FakeBrisbane" in text and "FakeGuadalupeV2" in text  # reports
+    assert "greedy return: skipped (slow backend)" in text and "closed 7 model(s)" in text
 
 
 def test_03_paper_figures_from_reproduce_outputs(tmp_path, monkeypatch):
