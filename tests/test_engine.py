@@ -548,3 +548,24 @@ def test_per_sample_weights_bad_batch_is_rejected():
     engine = CircuitEngine(vqc.circuit, vqc.inputs, vqc.weights)
     with pytest.raises(ValueError, match=r"\[6\] or \[B, 6\]"):
         engine(torch.zeros(3, 2, dtype=torch.float64), torch.zeros(2, 6, dtype=torch.float64))
+
+
+def test_kernel_cache_is_dropped_when_any_engine_source_changes(tmp_path):
+    """numba's cache of a kernel includes its callees from other files, so an edit anywhere in
+    the engine must drop every cached kernel (a stale callee crashed the engine once)."""
+    from qa3c_qiskit.engine import _drop_stale_kernel_cache
+
+    (tmp_path / "kernels.py").write_text("a = 1\n")
+    (tmp_path / "sweeps.py").write_text("b = 1\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    (cache / "sweeps.forward-1.py311.nbi").write_text("old")
+    _drop_stale_kernel_cache(tmp_path)  # no stamp yet: unknown sources, drop
+    assert not list(cache.glob("*.nbi"))
+    (cache / "sweeps.forward-1.py311.nbi").write_text("fresh")
+    (cache / "sweeps.forward-1.py311.1.nbc").write_text("fresh")
+    _drop_stale_kernel_cache(tmp_path)  # unchanged sources: kept
+    assert len(list(cache.iterdir())) == 3
+    (tmp_path / "kernels.py").write_text("a = 2\n")  # the callee's file only
+    _drop_stale_kernel_cache(tmp_path)
+    assert [p.name for p in cache.iterdir()] == ["engine-sources.sha256"]

@@ -22,8 +22,10 @@ Amplitudes are double precision, so results agree with ``qiskit.quantum_info.Sta
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from qiskit.circuit import Parameter, QuantumCircuit
@@ -39,6 +41,32 @@ from .compile import (
     compile_angles,
     compile_circuit,
 )
+
+
+def _drop_stale_kernel_cache(here: Path = Path(__file__).parent) -> None:
+    """Delete numba's on-disk cache of the engine when any engine source changed.
+
+    numba keys a cached function on its own file only, but a kernel's compiled code includes
+    the kernels it calls from other modules (``sweeps`` -> ``kernels``): after an edit of
+    ``kernels.py`` alone, the cached ``sweeps`` would still run the old callee (wrong results,
+    or a crash when a callee's array shapes changed). So the cache is tied to one hash of every
+    engine source. Runs at import, before any kernel is loaded; a read-only install is left
+    alone (numba then caches elsewhere or not at all)."""
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py"))))
+    stamp = here / "__pycache__" / "engine-sources.sha256"
+    try:
+        if stamp.exists() and stamp.read_text() == digest.hexdigest():
+            return
+        for cached in [*stamp.parent.glob("*.nbi"), *stamp.parent.glob("*.nbc")]:
+            cached.unlink(missing_ok=True)
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(digest.hexdigest())
+    except OSError:
+        pass
+
+
+# numba loads a kernel's cache at its first call, so this runs in time after the imports
+_drop_stale_kernel_cache()
 
 __all__ = [
     "ENGINE_MODES",

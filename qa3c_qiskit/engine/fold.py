@@ -14,49 +14,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .kernels import _JIT, VEC_LANES, _dag, _get, _mul, chain_grads
+from .kernels import _JIT, VEC_LANES, _dag, _get, _mul, _reduced1, chain_grads
 
 
 @njit(**_JIT)
 def fold_rho(psi, n, wc, rho):
-    """rho [n, 4, W] <- per qubit (rho00, rho11, Re rho01, Im rho01) of psi [dim, 2, W]."""
-    dim = psi.shape[0]
-    if wc < VEC_LANES:
-        for lane in range(wc):
-            for q in range(n):
-                stride = 1 << q
-                r0 = r1 = r2 = r3 = 0.0
-                for base in range(0, dim, 2 * stride):
-                    for i in range(base, base + stride):
-                        j = i + stride
-                        ar, ai = psi[i, 0, lane], psi[i, 1, lane]
-                        br, bi = psi[j, 0, lane], psi[j, 1, lane]
-                        r0 += ar * ar + ai * ai
-                        r1 += br * br + bi * bi
-                        r2 += ar * br + ai * bi
-                        r3 += ai * br - ar * bi
-                rho[q, 0, lane], rho[q, 1, lane], rho[q, 2, lane], rho[q, 3, lane] = r0, r1, r2, r3
-        return
+    """rho [n, 4, W] <- per qubit (rho00, rho11, Re rho01, Im rho01) of psi [dim, 2, W]: the
+    reduced operator ``Tr_other(psi psi^dagger)`` (:func:`~.kernels._reduced1`, Hermitian)."""
     for q in range(n):
-        stride = 1 << q
-        rq = rho[q]
-        for e in range(4):
-            for lane in range(wc):
-                rq[e, lane] = 0.0
-        for base in range(0, dim, 2 * stride):
-            for i in range(base, base + stride):
-                j = i + stride
-                for lane in range(wc):
-                    ar, ai, br, bi = (
-                        psi[i, 0, lane],
-                        psi[i, 1, lane],
-                        psi[j, 0, lane],
-                        psi[j, 1, lane],
-                    )
-                    rq[0, lane] += ar * ar + ai * ai
-                    rq[1, lane] += br * br + bi * bi
-                    rq[2, lane] += ar * br + ai * bi  # a conj(b)
-                    rq[3, lane] += ai * br - ar * bi
+        _reduced1(psi, psi, q, wc, rho[q], True)
 
 
 @njit(**_JIT)

@@ -34,7 +34,7 @@ No ``fastmath``: NaN/inf must propagate (the trainer detects them). Compiled wit
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import literally, njit
 
 from .compile import (
     K_CONST,
@@ -192,19 +192,29 @@ def _apply1(psi, q, m, wc):
 
 
 @njit(**_JIT)
-def _reduced1(g, psi, q, wc, r):
-    """r [8, W] <- Tr_other(g psi^dagger) on qubit q, per lane."""
+def _reduced1(g, psi, q, wc, r, hermitian):
+    """r [8, W] <- Tr_other(g psi^dagger) on qubit q, per lane. With ``hermitian`` (a
+    compile-time constant: ``g`` is ``psi``, the reduced state rho_q of the readout fold) only
+    the 4 independent reals (rho00, rho11, Re rho01, Im rho01) are computed, into ``r[:4]``."""
+    literally(hermitian)
     stride = 1 << q
     dim = psi.shape[0]
+    n_out = 4 if hermitian else 8
     if wc < VEC_LANES:
         for lane in range(wc):
             r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
             for base in range(0, dim, 2 * stride):
                 for i in range(base, base + stride):
                     j = i + stride
-                    g0r, g0i, g1r, g1i = g[i, 0, lane], g[i, 1, lane], g[j, 0, lane], g[j, 1, lane]
                     p0r, p0i = psi[i, 0, lane], psi[i, 1, lane]
                     p1r, p1i = psi[j, 0, lane], psi[j, 1, lane]
+                    if hermitian:
+                        r0 += p0r * p0r + p0i * p0i
+                        r1 += p1r * p1r + p1i * p1i
+                        r2 += p0r * p1r + p0i * p1i  # p0 conj(p1)
+                        r3 += p0i * p1r - p0r * p1i
+                        continue
+                    g0r, g0i, g1r, g1i = g[i, 0, lane], g[i, 1, lane], g[j, 0, lane], g[j, 1, lane]
                     r0 += g0r * p0r + g0i * p0i
                     r1 += g0i * p0r - g0r * p0i
                     r2 += g0r * p1r + g0i * p1i
@@ -214,22 +224,29 @@ def _reduced1(g, psi, q, wc, r):
                     r6 += g1r * p1r + g1i * p1i
                     r7 += g1i * p1r - g1r * p1i
             r[0, lane], r[1, lane], r[2, lane], r[3, lane] = r0, r1, r2, r3
-            r[4, lane], r[5, lane], r[6, lane], r[7, lane] = r4, r5, r6, r7
+            if not hermitian:  # r may have 4 rows only
+                r[4, lane], r[5, lane], r[6, lane], r[7, lane] = r4, r5, r6, r7
         return
-    for e in range(8):
+    for e in range(n_out):
         for lane in range(wc):
             r[e, lane] = 0.0
     for base in range(0, dim, 2 * stride):
         for i in range(base, base + stride):
             j = i + stride
             for lane in range(wc):
-                g0r, g0i, g1r, g1i = g[i, 0, lane], g[i, 1, lane], g[j, 0, lane], g[j, 1, lane]
                 p0r, p0i, p1r, p1i = (
                     psi[i, 0, lane],
                     psi[i, 1, lane],
                     psi[j, 0, lane],
                     psi[j, 1, lane],
                 )
+                if hermitian:
+                    r[0, lane] += p0r * p0r + p0i * p0i
+                    r[1, lane] += p1r * p1r + p1i * p1i
+                    r[2, lane] += p0r * p1r + p0i * p1i
+                    r[3, lane] += p0i * p1r - p0r * p1i
+                    continue
+                g0r, g0i, g1r, g1i = g[i, 0, lane], g[i, 1, lane], g[j, 0, lane], g[j, 1, lane]
                 r[0, lane] += g0r * p0r + g0i * p0i  # g0 conj(p0)
                 r[1, lane] += g0i * p0r - g0r * p0i
                 r[2, lane] += g0r * p1r + g0i * p1i  # g0 conj(p1)

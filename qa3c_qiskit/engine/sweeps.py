@@ -213,7 +213,7 @@ def backward(
                     if o == 0:
                         r[:, :wc] = rprod[q, :, :wc]
                     else:
-                        _reduced1(g, psi, q, wc, r)
+                        _reduced1(g, psi, q, wc, r, False)
                     chain_grads(gates, g0, n_g, m_c, a_c, r, g_ang, wc)
                 if o:  # nothing before the first op: no need to carry g further
                     for c in range(prog[pc + 1]):
