@@ -139,10 +139,10 @@ def local_gradient(model: ActorCritic, loss: torch.Tensor) -> torch.Tensor:
 class Segment:
     """One learner's closed segment: up to S transitions and where it ended."""
 
-    obs: list[torch.Tensor]
+    obs: list[np.ndarray]  # (torch tensors are accepted too)
     actions: list[int]
     rewards: list[float]
-    next_obs: torch.Tensor
+    next_obs: np.ndarray
     terminated: bool
 
 
@@ -202,8 +202,8 @@ def torch_segment_gradients(
     theta = thetas.detach().clone().requires_grad_(True)
     lens = torch.tensor([len(s.obs) for s in segments])
     seg_of_step = torch.repeat_interleave(torch.arange(n_seg), lens)
-    obs = torch.stack([o for s in segments for o in s.obs])
-    boot_obs = torch.stack([s.next_obs for s in segments])
+    obs = torch.from_numpy(np.stack([o for s in segments for o in s.obs]))
+    boot_obs = torch.from_numpy(np.stack([s.next_obs for s in segments]))
     # one call of the quantum layer for the actor's and the critic's samples; the bootstrap
     # states (the last n_seg critic rows, whose values are detached) are forward-only
     logits, values = model.batched_logits_values(
@@ -263,7 +263,7 @@ class Learner:
     gen: torch.Generator
     slot: int  # its row in the process's parameter table
     first_reset: bool = True
-    obs: torch.Tensor | None = None
+    obs: np.ndarray | None = None
     ep_return: float = 0.0
     ep_len: int = 0
     buf_obs: list = field(default_factory=list)
@@ -276,7 +276,7 @@ class Learner:
     def start_episode(self) -> None:
         obs_np, _ = self.env.reset(seed=self.seed if self.first_reset else None)
         self.first_reset = False
-        self.obs = torch.from_numpy(obs_np)
+        self.obs = obs_np
         self.ep_return, self.ep_len = 0.0, 0
         self.upd_sums, self.upd_count = [0.0] * 4, 0
 
@@ -392,20 +392,19 @@ def _loop(rank, group, thetas, model, settings, hub) -> None:
     env_steps = 0
     while active:
         slots = [learner.slot for learner in active]
-        obs = torch.stack([learner.obs for learner in active])
+        obs = np.stack([learner.obs for learner in active])
         if fused is not None:
-            logits = torch.from_numpy(fused.logits(thetas.numpy()[slots], obs.numpy()))
+            logits = torch.from_numpy(fused.logits(thetas.numpy()[slots], obs))
         else:
             with torch.no_grad():
-                logits = model.batched_logits(thetas[slots], obs)
+                logits = model.batched_logits(thetas[slots], torch.from_numpy(obs))
         probs = torch.softmax(logits, dim=-1)
         # < spec.n_actions (6 on MiniGrid: "done" is never chosen)
         actions = sample_actions(probs, [learner.gen for learner in active])
         closed: list[tuple[Learner, Segment]] = []
         finished: list[Learner] = []
         for learner, action in zip(active, actions):
-            obs_np, reward, terminated, truncated, _ = learner.env.step(action)
-            next_obs = torch.from_numpy(obs_np)
+            next_obs, reward, terminated, truncated, _ = learner.env.step(action)
             learner.ep_return += float(reward)
             learner.ep_len += 1
             learner.buf_obs.append(learner.obs)

@@ -130,7 +130,7 @@ class FusedActorCritic:
         lens = np.array([len(s.obs) for s in segments])
         seg_of = np.repeat(np.arange(n_seg), lens)
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        obs = np.stack([o.numpy() for s in segments for o in s.obs])
+        obs = np.stack([o for s in segments for o in s.obs])
         rows = th[seg_of]
         n = len(obs)
 
@@ -138,7 +138,7 @@ class FusedActorCritic:
         boot = np.zeros(n_seg)
         live = [j for j, s in enumerate(segments) if not s.terminated]
         if live:
-            boot_obs = np.stack([segments[j].next_obs.numpy() for j in live])
+            boot_obs = np.stack([segments[j].next_obs for j in live])
             boot[live] = self.values(th[live], boot_obs)
         returns = np.empty(n)
         gamma = settings.gamma

@@ -14,6 +14,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,10 +96,10 @@ def test_each_learner_applies_its_own_segment_gradient_as_its_own_adam_step(
             twin.flat.copy_(thetas[j])
             loss = a3c_loss(
                 twin,
-                torch.stack(seg.obs),
+                torch.from_numpy(np.stack(seg.obs)),
                 torch.tensor(seg.actions),
                 seg.rewards,
-                seg.next_obs,
+                torch.from_numpy(seg.next_obs),
                 seg.terminated,
                 A3CSettings(),
             )

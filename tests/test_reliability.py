@@ -545,10 +545,10 @@ def test_time_limit_truncation_bootstraps_with_the_value_of_the_next_state(monke
             twin.flat.copy_(thetas[j])
             args = (
                 twin,
-                torch.stack(seg.obs),
+                torch.from_numpy(np.stack(seg.obs)),
                 torch.tensor(seg.actions),
                 seg.rewards,
-                seg.next_obs,
+                torch.from_numpy(seg.next_obs),
             )
             loss = a3c_loss(*args, False, A3CSettings())
             ref = local_gradient(twin, loss).clone()
