@@ -72,33 +72,33 @@ class SharedAdam:
         n_steps = len(grads)
         if n_steps == 0:
             return
-        b1, b2 = self.betas
         t0 = int(self.step_count)
-        ts = range(t0 + 1, t0 + n_steps + 1)  # Python ints: the same powers as _apply's
-        lr_t = np.array([self.lr / (1 - b1**t) for t in ts])
-        bias2_sqrt = np.array([(1 - b2**t) ** 0.5 for t in ts])
+        lr_t, bias2_sqrt = map(np.array, zip(*map(self._bias, range(t0 + 1, t0 + n_steps + 1))))
         g = np.ascontiguousarray(grads.detach().numpy(), dtype=np.float64)
         self.version[LIVE] += 1  # odd: live state being written
         _adam_many_kernel(
             self.params.numpy(), self.exp_avg.numpy(), self.exp_avg_sq.numpy(), g,
-            out.numpy(), np.asarray(rows, dtype=np.int64), b1, b2, lr_t, bias2_sqrt, self.eps,
+            out.numpy(), np.asarray(rows, dtype=np.int64), *self.betas, lr_t, bias2_sqrt, self.eps,
         )  # fmt: skip
         self.step_count += n_steps
         self.version[LIVE] += 1  # even: live state consistent
         self._save_backup()
 
+    def _bias(self, t: int) -> tuple[float, float]:
+        """Step ``t``'s (lr / (1 - b1^t), sqrt(1 - b2^t)): Adam's bias corrections."""
+        b1, b2 = self.betas
+        return self.lr / (1 - b1**t), (1 - b2**t) ** 0.5
+
     def _apply(self, grad: torch.Tensor) -> None:
         b1, b2 = self.betas
         self.step_count += 1
-        t = int(self.step_count)
-        bias1 = 1 - b1**t
-        bias2_sqrt = (1 - b2**t) ** 0.5
+        lr_t, bias2_sqrt = self._bias(int(self.step_count))
         g = grad.detach().numpy()
         if g.dtype != np.float64 or not g.flags.c_contiguous:
             g = np.ascontiguousarray(g, dtype=np.float64)
         _adam_kernel(  # torch.optim.Adam's update, one fused loop (tested equal to 1e-14)
             self.params.numpy(), self.exp_avg.numpy(), self.exp_avg_sq.numpy(), g,
-            b1, b2, self.lr / bias1, bias2_sqrt, self.eps,
+            b1, b2, lr_t, bias2_sqrt, self.eps,
         )  # fmt: skip
 
     @torch.no_grad()
