@@ -12,6 +12,13 @@ repeats the quantum CartPole row on the autograd path (``QA3C_FUSED=0``) for com
 
     python benchmarks/learners.py                 # the full table (~3-4 min on 2 cores)
     python benchmarks/learners.py --steps 4000 --shots-steps 200
+    python benchmarks/learners.py --floor         # K=40 / K=1 against its bound (~2 min)
+
+``--floor`` answers "how far can batching go?": quantum and classical twin at K = 1 and
+K = 40 on CartPole-v1, alternated ``--reps`` times (medians), and the time the statevector
+engine's compiled forward and adjoint take per learner step at K = 40. The classical twin at
+K = 40 is the loop with a nearly free core: a quantum K = 40 / K = 1 ratio of 8 needs the engine
+to fit in ``1/(8 * quantum K=1) - 1/(classical K=40)`` per learner step.
 
 An "env step" is one learner's step; a process at K learners does K of them per batched call.
 Check with ``ps`` that nothing else runs: on two cores one stray run halves every figure.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -101,13 +109,74 @@ def measure_acting(k: int, backend: str, reps: int = 20) -> float:
     return 1e3 * (time.perf_counter() - t0) / reps / k
 
 
+def engine_us_per_step(k: int, steps: int) -> float:
+    """µs per learner step spent in the statevector engine's forward and adjoint kernels
+    (quantum, CartPole-v1, K learners): the executor's two entry points, timed in place."""
+    from qa3c_qiskit.engine.numba_exec import NumbaExecutor
+
+    spent = [0.0]
+    originals = {name: getattr(NumbaExecutor, name) for name in ("forward", "backward")}
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(NumbaExecutor, name, timed(fn))
+    try:
+        measure("CartPole-v1", "quantum", k, 2 * k)  # warm-up, then count from zero
+        spent[0] = 0.0
+        measure("CartPole-v1", "quantum", k, steps)
+    finally:
+        for name, fn in originals.items():
+            setattr(NumbaExecutor, name, fn)
+    return 1e6 * spent[0] / steps
+
+
+def floor(steps: int, reps: int) -> None:
+    """The ``--floor`` table (see the module docstring)."""
+    rows = [("quantum", 1), ("quantum", 40), ("classical", 1), ("classical", 40)]
+    for model, k in rows:  # compile and warm up
+        measure("CartPole-v1", model, k, 2000)
+    runs = {row: [] for row in rows}
+    for _ in range(reps):
+        for model, k in rows:
+            runs[(model, k)].append(measure("CartPole-v1", model, k, steps))
+    print(f"CartPole-v1, one process, one torch thread, {steps} env steps per row, {reps} reps\n")
+    print("| model | K | median env steps/s | runs |")
+    print("|---|---:|---:|---|")
+    med = {}
+    for (model, k), rates in runs.items():
+        med[(model, k)] = statistics.median(rates)
+        cells = ", ".join(f"{r:,.0f}" for r in rates)
+        print(f"| {model} | {k} | {med[(model, k)]:,.0f} | {cells} |")
+    q1, q40, c40 = med[("quantum", 1)], med[("quantum", 40)], med[("classical", 40)]
+    budget = 1e6 * (1 / (8 * q1) - 1 / c40)
+    engine = engine_us_per_step(40, steps)
+    print(f"\nquantum K=40 / K=1: {q40 / q1:.2f}x (target 8x = {8 * q1:,.0f} env steps/s)")
+    print(f"classical twin K=40 / quantum K=1: {c40 / q1:.2f}x (the loop with a nearly free core)")
+    print(f"engine budget for 8x: {budget:.1f} µs per learner step")
+    print(f"engine today at K=40: {engine:.1f} µs per learner step (forward + adjoint, timed)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8000, help="env steps per statevector row")
     ap.add_argument("--shots-steps", type=int, default=400, help="env steps per aer_shots row")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 8, 40])
+    ap.add_argument("--floor", action="store_true", help="only the K=40 / K=1 bound table")
+    ap.add_argument("--reps", type=int, default=3, help="alternated reps for --floor")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.floor:
+        floor(max(args.steps, 20000), args.reps)
+        return
     print(f"one process, one torch thread; {args.steps} env steps per row\n")
     print(
         f"| env | model | {' | '.join(f'K={k} steps/s' for k in args.ks)} | K={args.ks[-1]} / K=1 |"
