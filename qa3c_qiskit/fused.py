@@ -76,10 +76,12 @@ class _Net:
         w = rows[:, self.post_w].reshape(-1, self.out, self.nq)
         return np.matmul(g_out[:, None, :], w)[:, 0, :] * (1.0 - t * t)
 
-    def backward_pre(self, h, obs, g_h, grad) -> None:
+    def backward_pre(self, h, g_h, grad) -> np.ndarray:
+        """Fill the input layer's bias rows of ``grad``; return dL/d(pre-activation) ``g_z``
+        (its weight gradient, ``g_z`` outer ``obs``, is summed per segment by the caller)."""
         g_z = g_h * (1.0 - h * h)
-        grad[:, self.pre_w] = (g_z[:, :, None] * obs[:, None, :]).reshape(len(h), -1)
         grad[:, self.pre_b] = g_z
+        return g_z
 
 
 class FusedActorCritic:
@@ -187,14 +189,27 @@ class FusedActorCritic:
         else:
             g_ha = self._linear_core_backward(a, rows, h_a, g_qa, grad)
             g_hc = self._linear_core_backward(c, rows, h_c, g_qc, grad)
-        a.backward_pre(h_a, obs, g_ha, grad)
-        c.backward_pre(h_c, obs, g_hc, grad)
+        g_za = a.backward_pre(h_a, g_ha, grad)
+        g_zc = c.backward_pre(h_c, g_hc, grad)
 
         def per_seg(x, avg):
             out = np.add.reduceat(x, starts, axis=0)
             return out / (lens if x.ndim == 1 else lens[:, None]) if avg else out
 
-        grads = per_seg(grad, False)
+        # per segment: every layer but the input weights from the per-sample rows; the input
+        # weights (147 x 8 per net on MiniGrid: most of the parameters) as sum_t g_z(t) obs(t)^T,
+        # one batched matmul over the segments padded to the longest, never per sample
+        grads = np.empty((n_seg, self.n_params))
+        for net in (a, c):
+            grads[:, net.pre_b.start : net.hi] = per_seg(grad[:, net.pre_b.start : net.hi], False)
+        pos = np.arange(n) - starts[seg_of]
+        g_pad = np.zeros((n_seg, lens.max(), a.nq + c.nq))
+        g_pad[seg_of, pos, : a.nq], g_pad[seg_of, pos, a.nq :] = g_za, g_zc
+        o_pad = np.zeros((n_seg, lens.max(), a.d))
+        o_pad[seg_of, pos] = obs
+        w_in = np.matmul(g_pad.transpose(0, 2, 1), o_pad)  # [J, nq_actor + nq_critic, d]
+        grads[:, a.pre_w] = w_in[:, : a.nq].reshape(n_seg, -1)
+        grads[:, c.pre_w] = w_in[:, a.nq :].reshape(n_seg, -1)
         losses = per_seg(per_step, mean)
         stats = {
             "policy": torch.from_numpy(per_seg(-chosen * td, mean)),
