@@ -42,6 +42,7 @@ HEADERS = {
 DIGITS = {
     "workers": 1,
     "final_avg100": 2,
+    "last_avg100": 2,
     "best_avg100": 2,
     "episodes_to_threshold": 0,
     "auc_avg100": 2,
@@ -102,7 +103,11 @@ def agg_table(agg: list[dict]) -> str:
 
 NOTES = (
     "Score = average return of the last 100 episodes (avg100). ± = sample standard deviation "
-    "over seeds. *Final* = at the last episode; *best* = the highest avg100 of the run; "
+    "over seeds. *Final* = at the last exported point at least as many episodes before the "
+    "end of a complete run as it has learners (the last episodes to finish, in flight when "
+    "the budget ran out, are a length-biased sample: the longer an episode, the likelier it "
+    "is still running); *last* = over the last 100 episodes to finish, drain included "
+    "(train's summary.json `final_avg100`); *best* = the highest avg100 of the run; "
     "*episodes to threshold* = first episode whose avg100 reaches the reward threshold, mean "
     "over the seeds that reached it; *AUC* = area under the avg100 curve (exported every "
     f"{CURVE_EVERY} episodes) divided by its episode span, i.e. the mean avg100 over training "

@@ -262,13 +262,18 @@ def test_report_from_compact_data_verdicts_budgets_and_learners(tmp_path):
     assert "avg-100 at episode 300 (reached by all)" in verdict
     assert "| classical | classical | 2 | 3 | 600 |" in acro  # the complete model: its budget
 
-    # The numbers come from the compact data: final avg100 = the summary's.
+    # The numbers come from the compact data: last avg100 = the summary's (completion order,
+    # drain included); final avg100 = the curve's point at least 80 episodes (the learners)
+    # before the end, here 500 of 600, free of the length-biased drain.
     cart_rows = read_csv(res / "CartPole-v1" / "results.csv")
     assert len(cart_rows) == 12 and {r["learners"] for r in cart_rows} == {"2", "80"}
     compact = load_compact(res / "CartPole-v1" / "quantum__statevector__L80__s0")
     row = next(r for r in cart_rows if r["seed"] == "0" and r["learners"] == "80"
                and r["model"] == "quantum")  # fmt: skip
-    assert float(row["final_avg100"]) == pytest.approx(compact.summary["final_avg100"])
+    assert float(row["last_avg100"]) == pytest.approx(compact.summary["final_avg100"])
+    at500 = compact.curve["avg100"][compact.curve["episode"] == 500][0]
+    assert float(row["final_avg100"]) == pytest.approx(at500)
+    assert float(row["final_avg100"]) != pytest.approx(float(row["last_avg100"]))
 
 
 def test_minigrid_panels_and_grid(tmp_path):
