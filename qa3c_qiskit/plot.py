@@ -140,12 +140,44 @@ class CompactRun(_RunInfo):
     def n(self) -> int:
         return len(self.curve["episode"])
 
-    def points(self, window: int = WINDOW, x: str = "episode") -> tuple[np.ndarray, np.ndarray]:
-        """(x, avg-100) at the exported points; ``x`` one of :data:`X_AXES`."""
+    @property
+    def drain_free_end(self) -> int | None:
+        """The last exported episode before the end-of-budget drain (:func:`before_drain`) of a
+        complete run; None for a run without a drain (interrupted, partial, short of the budget
+        it was started with) or too short to have a point before it."""
+        s = self.summary
+        episodes = int(s.get("episodes", self.episodes))
+        intended = int(self.info.get("intended_episodes") or self.config.get("episodes") or 0)
+        if s.get("status", "complete") != "complete" or episodes < intended:
+            return None
+        return before_drain(episodes, self.learners)
+
+    def points(
+        self, window: int = WINDOW, x: str = "episode", *, drain: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(x, avg-100) at the exported points; ``x`` one of :data:`X_AXES`. A complete run's
+        curve stops at :attr:`drain_free_end` unless ``drain``: the points after it average the
+        length-biased last episodes to finish."""
         if window != WINDOW:
             raise ValueError(f"a compact run holds the avg-{WINDOW} curve only, not {window}")
         col, _, scale = X_AXES[x]
-        return self.curve[col] * scale, self.curve["avg100"]
+        keep = slice(None)
+        end = None if drain else self.drain_free_end
+        if end is not None:
+            keep = self.curve["episode"] <= end
+        return self.curve[col][keep] * scale, self.curve["avg100"][keep]
+
+
+def before_drain(episodes: int, learners: int) -> int | None:
+    """The last exported episode free of the end-of-budget drain, or None if there is none.
+
+    Once the last episode of the budget is claimed no episode starts, and the last ``learners``
+    episodes to finish are the ones then in flight: a length-biased sample (the longer an
+    episode, the likelier it is in flight at any moment), on MiniGrid and Acrobot the failed,
+    timed-out ones. The avg-100 at the last exported point at least ``learners`` episodes
+    before the end holds none of them."""
+    at = ((episodes - max(learners, 1)) // CURVE_EVERY) * CURVE_EVERY
+    return at if at >= CURVE_EVERY else None
 
 
 # --------------------------------------------------------------------------- compact curves

@@ -106,7 +106,7 @@ NOTES = (
     "over seeds. *Final* = at the last exported point at least as many episodes before the "
     "end of a complete run as it has learners (the last episodes to finish, in flight when "
     "the budget ran out, are a length-biased sample: the longer an episode, the likelier it "
-    "is still running); *last* = over the last 100 episodes to finish, drain included "
+    "is still running; the curves stop there too); *last* = over the last 100 episodes to finish, drain included "
     "(train's summary.json `final_avg100`); *best* = the highest avg100 of the run; "
     "*episodes to threshold* = first episode whose avg100 reaches the reward threshold, mean "
     "over the seeds that reached it; *AUC* = area under the avg100 curve (exported every "

@@ -98,26 +98,13 @@ def common_scores(rows: list[dict]) -> tuple[list[float], list[float], int | Non
     return finals, [curve_auc(r["_run"], at) for r in rows], at
 
 
-def before_drain(episodes: int, learners: int) -> int | None:
-    """The last exported episode free of the end-of-budget drain, or None if there is none.
-
-    Once the last episode of the budget is claimed no episode starts, and the last ``learners``
-    episodes to finish are the ones then in flight: a length-biased sample (the longer an
-    episode, the likelier it is in flight at any moment), on MiniGrid and Acrobot the failed,
-    timed-out ones. The avg-100 at the last exported point at least ``learners`` episodes
-    before the end holds none of them."""
-    at = ((episodes - max(learners, 1)) // CURVE_EVERY) * CURVE_EVERY
-    return at if at >= CURVE_EVERY else None
-
-
 def result_row(run: CompactRun) -> dict:
     s, info = run.summary, run.info
     episodes = int(s.get("episodes", run.episodes))
     intended = int(info.get("intended_episodes") or run.config.get("episodes") or episodes)
     last = _float(s.get("final_avg100"))
-    at = before_drain(episodes, int(run.learners or 1))
-    drained = s.get("status", "complete") == "complete" and episodes >= intended
-    final = avg100_at(run, at) if drained and at is not None and len(run.curve) else last
+    at = run.drain_free_end
+    final = avg100_at(run, at) if at is not None and len(run.curve) else last
     return {
         "env": run.env,
         "model": run.model,

@@ -20,7 +20,7 @@ from qa3c_qiskit.envs import PAPER_ENVS
 from qa3c_qiskit.export import export_run
 from qa3c_qiskit.metrics import MetricsWriter, moving_average, summarize
 from qa3c_qiskit.models import PAPER_TABLE1
-from qa3c_qiskit.plot import CURVE_FILE, load_compact
+from qa3c_qiskit.plot import CURVE_FILE, group_curves, load_compact
 from qa3c_qiskit.report import table1_rows
 from qa3c_qiskit.reproduce import PAPER_PROTOCOL, build_parser, main, run_name
 from qa3c_qiskit.results import aggregate
@@ -274,6 +274,11 @@ def test_report_from_compact_data_verdicts_budgets_and_learners(tmp_path):
     at500 = compact.curve["avg100"][compact.curve["episode"] == 500][0]
     assert float(row["final_avg100"]) == pytest.approx(at500)
     assert float(row["final_avg100"]) != pytest.approx(float(row["last_avg100"]))
+    # The figures' curves stop at that point too; the drain stays readable on request.
+    assert compact.drain_free_end == 500
+    assert compact.points()[0][-1] == 500 and compact.points(drain=True)[0][-1] == 600
+    groups = group_curves([compact])
+    assert [g["x"][-1] for g in groups.values()] == [500]
 
 
 def test_minigrid_panels_and_grid(tmp_path):
