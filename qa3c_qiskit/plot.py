@@ -141,16 +141,24 @@ class CompactRun(_RunInfo):
         return len(self.curve["episode"])
 
     @property
+    def intended_episodes(self) -> int:
+        """The budget the run was started with (run.json, else the config's episodes)."""
+        return int(
+            self.info.get("intended_episodes") or self.config.get("episodes") or self.episodes
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Finished its intended budget (not interrupted, partial or short of it)."""
+        done = self.summary.get("status", "complete") == "complete"
+        return done and self.episodes >= self.intended_episodes
+
+    @property
     def drain_free_end(self) -> int | None:
         """The last exported episode before the end-of-budget drain (:func:`before_drain`) of a
-        complete run; None for a run without a drain (interrupted, partial, short of the budget
-        it was started with) or too short to have a point before it."""
-        s = self.summary
-        episodes = int(s.get("episodes", self.episodes))
-        intended = int(self.info.get("intended_episodes") or self.config.get("episodes") or 0)
-        if s.get("status", "complete") != "complete" or episodes < intended:
-            return None
-        return before_drain(episodes, self.learners)
+        complete run; None for a run without a drain (not :attr:`complete`) or too short to
+        have a point before it."""
+        return before_drain(self.episodes, self.learners) if self.complete else None
 
     def points(
         self, window: int = WINDOW, x: str = "episode", *, drain: bool = False

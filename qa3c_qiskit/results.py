@@ -99,9 +99,8 @@ def common_scores(rows: list[dict]) -> tuple[list[float], list[float], int | Non
 
 
 def result_row(run: CompactRun) -> dict:
-    s, info = run.summary, run.info
-    episodes = int(s.get("episodes", run.episodes))
-    intended = int(info.get("intended_episodes") or run.config.get("episodes") or episodes)
+    s = run.summary
+    episodes, intended = run.episodes, run.intended_episodes
     last = _float(s.get("final_avg100"))
     at = run.drain_free_end
     final = avg100_at(run, at) if at is not None and len(run.curve) else last
@@ -114,7 +113,7 @@ def result_row(run: CompactRun) -> dict:
         "seed": run.seed,
         "episodes": episodes,
         "intended_episodes": intended,
-        "complete": bool(episodes >= intended and s.get("status", "complete") == "complete"),
+        "complete": run.complete,
         "status": s.get("status", "?"),
         "final_avg100": final,
         "last_avg100": last,
